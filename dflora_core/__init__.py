@@ -1,0 +1,3 @@
+"""dflora: derivative-free low-rank adaptation of language models."""
+
+__version__ = "0.1.0"

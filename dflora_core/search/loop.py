@@ -1,0 +1,385 @@
+"""The layer-wise derivative-free search (DESIGN.md §1, Algorithm 1 as released).
+
+One optimizer per transformer layer, each starting at z = 0. A round visits the layers
+bottom to top; at each layer one generation: ask a population, score every candidate with
+the other layers held at their current update (all candidates in one forward pass), tell
+the fitnesses, then fix the layer's update:
+- "elitist": the generation's best, only if it lowers the fitness of the whole current
+  configuration. Exact, because every candidate was scored with the other layers as they
+  are, so the configuration's fitness descends monotonically (DESIGN.md §6).
+- "released": the layer's best-ever z (the authors' code), whose fitness was measured while
+  the other layers were different, so the combined fitness is not monotone.
+The budget counts fitness evaluations (one candidate on the whole few-shot train set).
+Every ``eval_every`` calls the dev set is scored and the best-dev snapshot of all layers is
+kept; the test score uses that snapshot. Checkpoints make a run resumable with the same
+result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import DFO_LORA_METHODS, RunConfig
+from ..errors import DfloraError
+from ..experiment import EvalResult, Experiment
+from ..lowrank.hidden_stats import hidden_state_stats, projection_scales
+from ..lowrank.patching import LowRankPatch
+from ..lowrank.population import PopulationEvaluator
+from ..lowrank.projection import IntrinsicProjection
+from ..metrics import losses
+from ..optim import make_optimizer
+from ..results.record import RunFolder
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class Generation:
+    """One row of the history: what one generation at one layer did."""
+
+    generation: int
+    round: int
+    layer: int
+    calls: int  # fitness evaluations spent so far, this generation included
+    n: int  # candidates evaluated
+    best: float  # best fitness of the generation (finite values only)
+    mean: float
+    worst: float
+    n_nonfinite: int
+    step_size: float  # optimizer scale after the tell (CMA-ES sigma, mean firework amplitude)
+    layer_best: float  # the layer optimizer's best-ever fitness
+    accepted: bool  # the layer's update changed
+    config_fitness: float | None  # fitness of the whole current configuration (elitist: exact)
+    seconds: float  # wall time of the fitness evaluations
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+class LayerwiseSearch:
+    """C-LoRA / F-LoRA and their control arms, driven generation by generation (ask/tell)."""
+
+    def __init__(
+        self,
+        exp: Experiment,
+        run_dir: str | Path | None = None,
+        on_generation: Callable[[LayerwiseSearch, Generation], None] | None = None,
+        on_eval: Callable[[LayerwiseSearch, dict], None] | None = None,
+        optimizer: str | None = None,
+    ):
+        cfg: RunConfig = exp.cfg
+        self.exp, self.cfg = exp, cfg
+        self.folder = RunFolder(run_dir)
+        self.on_generation, self.on_eval = on_generation, on_eval
+        self.optimizer_name = optimizer or DFO_LORA_METHODS[cfg.method]
+        lr = cfg.lowrank
+        self.patch = LowRankPatch(exp.loaded.model, lr.targets)
+        self.num_layers = self.patch.num_layers
+        stats = hidden_state_stats(
+            exp.loaded, exp.train, lr.stat_source, lr.clip_rounds, lr.clip_sigma, exp.max_tokens
+        )
+        self.layer_stats = stats
+        self.layer_std = projection_scales(exp.loaded, stats)
+        dims = [{t: (s.in_features, s.out_features) for t, s in layer.items()} for layer in self.patch.sites]
+        self.projection = IntrinsicProjection(
+            dims,
+            lr.rank,
+            lr.intrinsic_dim,
+            lr.projection_init,
+            cfg.seed,
+            self.layer_std,
+            lr.alpha,
+            cfg.optim.sigma,
+            lr.ri_std,
+            exp.loaded.device,
+        )
+        self.evaluator = PopulationEvaluator(
+            exp.loaded, exp.head, self.patch, exp.train, exp.dtype, exp.max_tokens, cfg.search.prefix_reuse
+        )
+        self.optimizers = [self._make_optimizer(layer) for layer in range(self.num_layers)]
+        d = lr.intrinsic_dim
+        self.z = np.zeros((self.num_layers, d))
+        self.z_best_dev = self.z.copy()
+        self.current_fitness: float | None = None
+        self.calls = 0
+        self.generation = 0
+        self.layer = 0
+        self.round = 0
+        self.history: list[Generation] = []
+        self.dev_curve: list[dict] = []
+        self.best_dev: dict | None = None
+        self.next_eval = cfg.search.eval_every
+        self.nonfinite = 0
+        self.fitness_seconds = 0.0
+        self.stopped: str | None = None
+        self.elapsed_before = 0.0  # wall time of earlier sessions of a resumed run
+        self._consistent = True
+        self._t_start = time.perf_counter()
+        self._checked_reuse = not cfg.search.prefix_reuse
+
+    # -- set-up ----------------------------------------------------------------------------
+    def _make_optimizer(self, layer: int):
+        op = self.cfg.optim
+        options: dict[str, Any] = {}
+        if op.fireworks is not None:
+            options["n_fireworks"] = op.fireworks
+        if op.sparks is not None:
+            options["sparks_per_firework"] = op.sparks
+        return make_optimizer(
+            self.optimizer_name,
+            self.cfg.lowrank.intrinsic_dim,
+            sigma=op.sigma,
+            popsize=op.popsize,
+            seed=_seed(self.cfg.seed, 1, layer),
+            max_evaluations=self.cfg.search.budget // self.num_layers,
+            bounds=None if op.bounds is None else (-op.bounds, op.bounds),
+            **options,
+        )
+
+    # -- fitness -----------------------------------------------------------------------------
+    def fitness(self, layer: int, X: np.ndarray) -> np.ndarray:
+        """Fitness of candidates X [n, d] for ``layer``, other layers as they are; NaN/inf -> +inf."""
+        t0 = time.perf_counter()
+        logits = self.evaluator.logits(layer, self.projection.factors(layer, X))
+        f = losses(logits, self.exp.train.labels, self.cfg.search.loss, self.exp.task.metric).double().numpy()
+        self.fitness_seconds += time.perf_counter() - t0
+        bad = ~np.isfinite(f)
+        if bad.any():
+            self.nonfinite += int(bad.sum())
+            f[bad] = np.inf  # the worst value: never accepted, ranked last by the optimizer
+        return f
+
+    def _apply(self, layer: int) -> None:
+        z = self.z[layer]
+        self.patch.set_layer(layer, None if not z.any() else self.projection.factors(layer, z))
+
+    def _apply_all(self, z: np.ndarray) -> None:
+        for layer in range(self.num_layers):
+            self.patch.set_layer(
+                layer, None if not z[layer].any() else self.projection.factors(layer, z[layer])
+            )
+
+    # -- one generation -----------------------------------------------------------------------
+    @property
+    def budget(self) -> int:
+        return self.cfg.search.budget
+
+    @property
+    def done(self) -> bool:
+        return self.stopped is not None or self.calls >= self.budget
+
+    def start(self) -> None:
+        """Score the starting point (z = 0) on train (elitist reference) and dev (selection)."""
+        if self.current_fitness is None and self.cfg.search.acceptance == "elitist":
+            self.current_fitness = float(self.fitness(0, np.zeros((1, self.cfg.lowrank.intrinsic_dim)))[0])
+            self.calls += 1
+        if self.best_dev is None and self.cfg.search.select_start:
+            self.evaluate_dev()
+
+    def step(self) -> Generation | None:
+        """Run one generation at the current layer; None when the budget cannot pay for it."""
+        if self.done:
+            return None
+        if not self._checked_reuse:
+            self._check_prefix_reuse()
+        layer, opt = self.layer, self.optimizers[self.layer]
+        self._consistent = False
+        X = opt.ask()
+        if self.calls + len(X) > self.budget:
+            self.stopped = "budget"
+            self._consistent = True
+            return None
+        t0 = time.perf_counter()
+        f = self.fitness(layer, X)
+        opt.tell(X, f)
+        self.calls += len(X)
+        accepted = self._accept(layer, X, f)
+        finite = f[np.isfinite(f)]
+        gen = Generation(
+            generation=self.generation,
+            round=self.round,
+            layer=layer,
+            calls=self.calls,
+            n=len(X),
+            best=float(finite.min()) if finite.size else math.inf,
+            mean=float(finite.mean()) if finite.size else math.inf,
+            worst=float(finite.max()) if finite.size else math.inf,
+            n_nonfinite=int((~np.isfinite(f)).sum()),
+            step_size=float(opt.step_size),
+            layer_best=float(opt.best_f),
+            accepted=accepted,
+            config_fitness=self.current_fitness,
+            seconds=time.perf_counter() - t0,
+        )
+        self.history.append(gen)
+        self.generation += 1
+        self.layer += 1
+        if self.layer == self.num_layers:
+            self.layer, self.round = 0, self.round + 1
+        while self.calls >= self.next_eval:
+            self.next_eval += self.cfg.search.eval_every
+            self.evaluate_dev()
+        self._consistent = True
+        if self.on_generation:
+            self.on_generation(self, gen)
+        if self.generation % self.cfg.search.checkpoint_every == 0:
+            self.save_checkpoint()
+        return gen
+
+    def _accept(self, layer: int, X: np.ndarray, f: np.ndarray) -> bool:
+        if self.cfg.search.acceptance == "elitist":
+            i = int(np.argmin(f))
+            if np.isfinite(f[i]) and f[i] < self.current_fitness:
+                self.z[layer] = X[i]
+                self.current_fitness = float(f[i])
+                self._apply(layer)
+                return True
+            return False
+        best = np.asarray(self.optimizers[layer].best_x, dtype=float)
+        changed = not np.array_equal(best, self.z[layer])
+        self.z[layer] = best
+        self._apply(layer)
+        return changed
+
+    def _check_prefix_reuse(self) -> None:
+        """Check once, on a middle layer with small random updates, that replaying lower layers is exact."""
+        self._checked_reuse = True
+        if self.num_layers < 2:
+            return
+        layer = self.num_layers // 2
+        gen = np.random.default_rng(0)
+        X = gen.standard_normal((2, self.cfg.lowrank.intrinsic_dim)) * self.cfg.optim.sigma
+        atol = 1e-4 if self.exp.dtype is None else 5e-2
+        self.evaluator.verify_prefix_reuse(layer, self.projection.factors(layer, X), atol=atol)
+
+    # -- dev evaluation and model selection ------------------------------------------------------
+    def evaluate_dev(self) -> dict:
+        res: EvalResult = self.exp.evaluate(self.exp.dev)
+        row = {"calls": self.calls, "generation": self.generation, **res.as_dict(), "selected": False}
+        better = self.best_dev is None or (res.value, -res.loss) > (
+            self.best_dev["value"],
+            -self.best_dev["loss"],
+        )
+        if better:
+            row["selected"] = True
+            self.best_dev = dict(row)
+            self.z_best_dev = self.z.copy()
+        self.dev_curve.append(row)
+        patience = self.cfg.search.patience
+        if patience and self.best_dev and self.calls - self.best_dev["calls"] >= patience:
+            self.stopped = "patience"
+        if self.on_eval:
+            self.on_eval(self, row)
+        return row
+
+    # -- driving ------------------------------------------------------------------------------
+    def run(self, generations: int | None = None, progress: bool | None = None) -> LayerwiseSearch:
+        """Run until the budget is spent (or ``generations`` more generations); resumable."""
+        from tqdm.auto import tqdm
+
+        show = self.cfg.progress if progress is None else progress
+        bar = tqdm(total=self.budget, initial=self.calls, disable=not show, unit="call", desc=self.cfg.method)
+        try:
+            self.start()
+            count = 0
+            while not self.done and (generations is None or count < generations):
+                gen = self.step()
+                if gen is None:
+                    break
+                count += 1
+                bar.update(gen.n)
+                bar.set_postfix(
+                    layer=gen.layer,
+                    cfg=f"{self.current_fitness or gen.layer_best:.4f}",
+                    dev=f"{self.best_dev['value']:.3f}" if self.best_dev else "-",
+                    refresh=False,
+                )
+        except BaseException:
+            if self._consistent:
+                self.save_checkpoint()  # an interrupt between generations loses nothing
+            raise
+        finally:
+            bar.close()
+        return self
+
+    @property
+    def wall_s(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self._t_start
+
+    def use_best_dev(self) -> None:
+        self._apply_all(self.z_best_dev)
+
+    def use_current(self) -> None:
+        self._apply_all(self.z)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "config": self.cfg.to_dict(),
+            "optimizer": self.optimizer_name,
+            "z": self.z.copy(),
+            "z_best_dev": self.z_best_dev.copy(),
+            "current_fitness": self.current_fitness,
+            "calls": self.calls,
+            "generation": self.generation,
+            "layer": self.layer,
+            "round": self.round,
+            "history": [asdict(g) for g in self.history],
+            "dev_curve": copy.deepcopy(self.dev_curve),
+            "best_dev": copy.deepcopy(self.best_dev),
+            "next_eval": self.next_eval,
+            "nonfinite": self.nonfinite,
+            "fitness_seconds": self.fitness_seconds,
+            "forward_rows": self.evaluator.forward_rows,
+            "stopped": self.stopped,
+            "layer_std": list(self.layer_std),
+            "prefix_reuse": self.evaluator.reuse_prefix,
+            "checked_reuse": self._checked_reuse,
+            "wall_s": self.wall_s,
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise DfloraError(f"checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}")
+        if not np.allclose(state["layer_std"], self.layer_std, rtol=1e-6, atol=0):
+            raise DfloraError("checkpoint: the hidden-state statistics differ (different model or data?)")
+        self.z = np.array(state["z"])
+        self.z_best_dev = np.array(state["z_best_dev"])
+        self.current_fitness = state["current_fitness"]
+        self.calls, self.generation = state["calls"], state["generation"]
+        self.layer, self.round = state["layer"], state["round"]
+        self.history = [Generation(**g) for g in state["history"]]
+        self.dev_curve, self.best_dev = state["dev_curve"], state["best_dev"]
+        self.next_eval, self.nonfinite = state["next_eval"], state["nonfinite"]
+        self.fitness_seconds = state["fitness_seconds"]
+        self.evaluator.forward_rows = state["forward_rows"]
+        self.evaluator.reuse_prefix = state["prefix_reuse"]
+        self._checked_reuse = state["checked_reuse"]
+        self.stopped = state["stopped"]
+        self.elapsed_before = state["wall_s"]
+        self._t_start = time.perf_counter()
+        for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(s)
+        self._apply_all(self.z)
+
+    def save_checkpoint(self) -> None:
+        if self.folder.path is None:
+            return
+        self.folder.save_checkpoint(self.state_dict())
+        self.folder.write_json("history.json", [asdict(g) for g in self.history])
+        self.folder.write_json("dev_curve.json", self.dev_curve)
+
+    def close(self) -> None:
+        """Remove the patch: the model is bit-identical to before the search."""
+        self.patch.remove()

@@ -1,0 +1,85 @@
+"""One typed configuration, validated before any model is loaded."""
+
+import pytest
+
+from dflora_core.config import RunConfig, field_docs, from_dict, validate
+from dflora_core.errors import ConfigError
+
+
+def test_defaults_validate_and_round_trip():
+    cfg = RunConfig()
+    validate(cfg, num_layers=30, model_type="llama")
+    assert from_dict(cfg.to_dict()) == cfg
+    assert cfg.replace(**{"search.budget": 200}).search.budget == 200
+
+
+def test_every_field_has_a_rationale():
+    import dataclasses
+
+    from dflora_core import config as C
+
+    docs = field_docs()
+    for cls in (C.RunConfig, C.DataConfig, C.ModelConfig, C.LowRankConfig, C.OptimConfig, C.SearchConfig):
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(f.type) or f.name in (
+                "data",
+                "model",
+                "lowrank",
+                "optim",
+                "search",
+                "baseline",
+            ):
+                continue
+            assert f"{cls.__name__}.{f.name}" in docs, f"{cls.__name__}.{f.name} has no one-line rationale"
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"lowrank": {"rank": 0}}, "lowrank.rank"),
+        ({"optim": {"popsize": 1}}, "optim.popsize"),
+        ({"search": {"budget": 100}}, "search.budget"),  # less than one round: 20 x 30 layers
+        ({"lowrank": {"targets": ["q", "x"]}}, "lowrank.targets"),
+        ({"lowrank": {"intrinsic_dim": 502}}, "lowrank.intrinsic_dim"),  # 4 factors for q,k
+        ({"lowrank": {"projection_init": "zeros"}}, "lowrank.projection_init"),
+        ({"lowrank": {"alpha": -1}}, "lowrank.alpha"),
+        ({"search": {"acceptance": "greedy"}}, "search.acceptance"),
+        ({"search": {"loss": "mse"}}, "search.loss"),
+        ({"data": {"task": "imdb"}}, "data.task"),
+        ({"method": "sgd"}, "method"),
+        ({"model": {"dtype": "int8"}}, "model.dtype"),
+        ({"optim": {"sigma": 0}}, "optim.sigma"),
+    ],
+)
+def test_bad_values_name_their_field(change, field):
+    with pytest.raises(ConfigError) as err:
+        validate(from_dict(change), num_layers=30, model_type="llama")
+    assert err.value.field == field
+
+
+def test_unknown_and_mistyped_keys_are_errors():
+    with pytest.raises(ConfigError, match="search.budgett"):
+        from_dict({"search": {"budgett": 3}})
+    with pytest.raises(ConfigError, match="lowrank.rank"):
+        from_dict({"lowrank": {"rank": "four"}})
+    assert from_dict({"lowrank": {"targets": "q,v"}}).lowrank.targets == ("q", "v")
+
+
+def test_unknown_architecture_is_rejected_before_loading():
+    with pytest.raises(ConfigError, match="model.name"):
+        validate(RunConfig(), num_layers=12, model_type="t5")
+
+
+def test_profiles_are_valid():
+    from pathlib import Path
+
+    from dflora_core.config import load_yaml
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    profiles = sorted(root.glob("*.yaml"))
+    assert {p.stem for p in profiles} >= {"smoke", "quick", "paper"}
+    for p in profiles:
+        data = load_yaml(p)
+        run = data.get("run", data)
+        cfg = from_dict(run)
+        validate(cfg)

@@ -1,0 +1,515 @@
+"""Behavioural tests of the derivative-free optimizers (CPU, a few seconds)."""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from dflora_core.errors import ConfigError
+from dflora_core.optim import (
+    CMAES,
+    FWA,
+    OPTIMIZERS,
+    AskTellOptimizer,
+    LoTFWA,
+    RandomSearch,
+    describe,
+    guiding_delta,
+    loser_mask,
+    make_optimizer,
+)
+from dflora_core.optim.testfunctions import FUNCTIONS, rastrigin, rosenbrock, sphere
+
+NAMES = ["cmaes", "lotfwa", "fwa", "random"]
+
+
+def shift_for(dim: int) -> np.ndarray:
+    return np.random.default_rng(1000 + dim).uniform(-3, 3, dim)
+
+
+def run(opt, fn, budget: int, record: bool = False):
+    asked = []
+    while opt.evaluations < budget:
+        x = opt.ask()
+        if record:
+            asked.append(x)
+        opt.tell(x, fn(x))
+    return asked if record else opt.best_f
+
+
+def global_rng_state():
+    state = np.random.get_state()
+    return state[0], state[1].copy(), state[2], state[3], state[4]
+
+
+def same_global_state(a, b) -> bool:
+    return a[0] == b[0] and np.array_equal(a[1], b[1]) and a[2:] == b[2:]
+
+
+# --------------------------------------------------------------------------- test functions
+
+
+def test_testfunctions_optima_and_vectorisation():
+    d = 7
+    assert sphere(np.zeros(d)) == 0.0
+    assert rastrigin(np.zeros(d)) == pytest.approx(0.0, abs=1e-12)
+    assert rosenbrock(np.ones(d)) == 0.0
+    s = shift_for(d)
+    for name, fn in FUNCTIONS.items():
+        x = np.random.default_rng(0).normal(size=(5, d))
+        values = fn(x, s)
+        assert values.shape == (5,)
+        assert np.allclose(values, [fn(row, s) for row in x])
+        assert isinstance(fn(x[0]), float), name
+    assert sphere(s, s) == 0.0 and rosenbrock(1 + s, s) == 0.0
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_protocol_and_accounting(name):
+    opt = make_optimizer(name, 12, seed=1, max_evaluations=600, sigma=2.0)
+    assert isinstance(opt, AskTellOptimizer)
+    assert opt.best_f == math.inf and np.array_equal(opt.best_x, np.zeros(12))
+    asked = run(opt, lambda x: sphere(x, 3.0), 600, record=True)
+    assert sum(len(x) for x in asked) == opt.evaluations
+    assert all(x.shape[1] == 12 and x.dtype == np.float64 for x in asked)
+    best = min(float(np.min(sphere(x, 3.0))) for x in asked)
+    assert opt.best_f == best
+    assert sphere(opt.best_x, 3.0) == best
+    assert opt.step_size > 0
+
+
+def test_accounting_with_restarts_and_sequential_guiding():
+    for guiding in ("deferred", "sequential", "off"):
+        opt = LoTFWA(20, n_fireworks=4, sparks_per_firework=4, guiding=guiding, max_evaluations=2000, seed=3)
+        asked = run(opt, lambda x: rastrigin(x, 2.0), 2000, record=True)
+        assert opt.restarts.sum() > 0, guiding
+        assert sum(len(x) for x in asked) == opt.evaluations
+        if guiding == "deferred":  # one slot + m sparks per firework in every ask
+            assert {len(x) for x in asked} == {20}
+
+
+def test_first_ask_evaluates_start_positions():
+    x0 = np.full(6, 0.5)
+    opt = LoTFWA(6, x0=x0, n_fireworks=3, sparks_per_firework=4, seed=0)
+    x = opt.ask()
+    assert len(x) == 15 == opt.evaluations_per_generation
+    pos_rows = [i for i, k in enumerate(opt.pending_kind) if k == "position"]
+    assert pos_rows == [0, 5, 10]
+    assert np.array_equal(x[pos_rows], opt.positions)
+    assert np.array_equal(x[0], x0)  # firework 0 starts at x0
+    assert np.all(np.abs(opt.positions[1:] - x0) <= opt.initial_amplitude)
+    assert np.allclose(opt.amplitudes, math.sqrt(3) * 1.0)
+    opt.tell(x, sphere(x))
+    assert np.all(np.isfinite(opt.fitnesses))
+    x = opt.ask()  # second generation: guiding sparks take the slots
+    assert opt.pending_kind[::5] == ["guide"] * 3
+    fwa = FWA(6, sparks=20)
+    assert len(fwa.ask()) == 21
+
+
+def test_ask_is_idempotent_until_tell():
+    for name in NAMES:
+        opt = make_optimizer(name, 5, seed=2)
+        a, b = opt.ask(), opt.ask()
+        assert np.array_equal(a, b)
+        opt.tell(a, sphere(a))
+        assert opt.evaluations == len(a)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tell_validation(name):
+    opt = make_optimizer(name, 4, seed=0)
+    with pytest.raises(RuntimeError):
+        opt.tell(np.zeros((3, 4)), np.zeros(3))
+    x = opt.ask()
+    with pytest.raises(ValueError):
+        opt.tell(x[::-1], sphere(x[::-1]))
+    with pytest.raises(ValueError):
+        opt.tell(x, np.zeros(len(x) + 1))
+    opt.tell(x, sphere(x))
+
+
+# --------------------------------------------------------------------------- performance
+
+
+@pytest.mark.parametrize("fname", ["sphere", "rastrigin", "rosenbrock"])
+@pytest.mark.parametrize("dim", [30, 125])
+def test_lotfwa_beats_random_search(fname, dim):
+    fn, s, budget = FUNCTIONS[fname], shift_for(dim), 2000
+    lot = [run(LoTFWA(dim, seed=k, max_evaluations=budget), lambda x: fn(x, s), budget) for k in range(5)]
+    rnd = [run(RandomSearch(dim, seed=k), lambda x: fn(x, s), budget) for k in range(5)]
+    assert np.median(lot) < 0.8 * np.median(rnd)
+    assert np.median(lot) < fn(np.zeros(dim), s)  # progress from the start point
+
+
+def test_cmaes_and_fwa_work_on_sphere():
+    s = shift_for(30)
+    cma_f = [run(CMAES(30, seed=k), lambda x: sphere(x, s), 2000) for k in range(3)]
+    fwa_f = [run(FWA(30, seed=k), lambda x: sphere(x, s), 2000) for k in range(3)]
+    rnd_f = [run(RandomSearch(30, seed=k), lambda x: sphere(x, s), 2000) for k in range(3)]
+    start = sphere(np.zeros(30), s)
+    assert max(cma_f) < 1e-2 * start
+    assert max(fwa_f) < 0.1 * min(rnd_f)
+
+
+# --------------------------------------------------------------------------- guiding spark
+
+
+def test_guiding_delta_sign_1d():
+    sparks = np.array([[1.0], [2.0], [3.0], [4.0], [5.0]])
+    delta = guiding_delta(sparks, sphere(sparks), mu=0.2)  # k = 1: best 1.0, worst 5.0
+    assert delta[0] == pytest.approx(-4.0)  # from the worst toward the best: toward 0
+
+
+def test_guiding_spark_points_toward_optimum_on_sphere():
+    rng = np.random.default_rng(0)
+    dim, m, amp = 30, 9, 0.5
+    inner, better = [], []
+    for _ in range(200):
+        x = rng.normal(size=dim) * 3
+        sparks = x + amp * rng.uniform(-1, 1, (m, dim))
+        delta = guiding_delta(sparks, sphere(sparks), mu=0.2)
+        inner.append(float(delta @ -x))
+        better.append(sphere(x + delta) < sphere(x))
+    assert np.mean(np.array(inner) > 0) > 0.95
+    assert np.mean(better) > 0.8
+
+
+def test_lotfwa_guiding_sparks_are_downhill():
+    dim = 30
+    opt = LoTFWA(dim, x0=np.full(dim, 5.0), sigma=0.5, seed=0)
+    x = opt.ask()
+    centre = opt.positions
+    opt.tell(x, sphere(x))
+    for i in range(opt.n_fireworks):
+        assert opt.last_deltas[i] @ -centre[i] > 0
+        assert np.allclose(opt.guiding_sparks[i], centre[i] + opt.last_deltas[i])
+    # over a run the guiding spark usually beats the firework it was built from (its centre);
+    # in deferred mode it is evaluated one ask later
+    centre_f = opt.fitnesses  # fitness of the centres of the guiding sparks just made
+    wins = []
+    for _ in range(20):
+        x = opt.ask()
+        f = sphere(x)
+        for r, (k, i) in enumerate(zip(opt.pending_kind, opt.pending_owner, strict=True)):
+            if k == "guide":
+                wins.append(f[r] < centre_f[i])
+        centre_f = opt.fitnesses
+        opt.tell(x, f)
+    assert np.mean(wins) > 0.5
+
+
+# --------------------------------------------------------------------------- amplitudes
+
+
+def _fitness_by_rule(opt, rule):
+    """Fitness per asked row from rule(firework, kind, row) -> value."""
+    x = opt.ask()
+    f = np.array(
+        [rule(int(i), k, r) for r, (i, k) in enumerate(zip(opt.pending_owner, opt.pending_kind, strict=True))]
+    )
+    return x, f
+
+
+def test_amplitude_grows_after_improvement_and_shrinks_otherwise():
+    opt = LoTFWA(5, n_fireworks=2, sparks_per_firework=3, seed=0)
+    a0 = opt.amplitudes
+    # firework 0: a spark beats the start; firework 1: every spark is worse
+    x, f = _fitness_by_rule(opt, lambda i, k, r: 10.0 if k == "position" else (5.0 if i == 0 else 20.0))
+    opt.tell(x, f)
+    assert np.allclose(opt.amplitudes, a0 * [1.2, 0.9])
+    assert opt.fitnesses.tolist() == [5.0, 10.0]
+    fwa = FWA(5, sparks=4, seed=0)
+    x = fwa.ask()
+    fwa.tell(x, np.r_[1.0, np.full(4, 2.0)])
+    assert fwa.amplitudes[0] == pytest.approx(math.sqrt(3) * 0.9)
+    x = fwa.ask()
+    fwa.tell(x, np.r_[0.5, np.full(3, 2.0)])
+    assert fwa.amplitudes[0] == pytest.approx(math.sqrt(3) * 0.9 * 1.2)
+    assert fwa.best_f == 0.5 and np.array_equal(fwa.best_x, x[0])
+
+
+# --------------------------------------------------------------------------- tournament
+
+
+def test_loser_mask_rule():
+    f = np.array([1.0, 50.0, 50.0, 50.0, np.inf, 1.0])
+    imp = np.array([0.0, 10.0, 1.0, 0.0, 0.0, 0.0])
+    # gap 49: 10 * 10 >= 49 survives, 1 * 10 < 49 loses, imp 0 loses, inf loses, ties with best never
+    assert loser_mask(f, imp, 10).tolist() == [False, False, True, True, True, False]
+    assert not loser_mask(f, imp, 0).any()  # budget spent: no restarts
+    assert not loser_mask(np.full(3, np.inf), np.zeros(3), 10).any()
+
+
+def _two_fireworks(max_evaluations):
+    # 2 fireworks x (slot + 3 sparks) = 8 calls/generation
+    return LoTFWA(5, n_fireworks=2, sparks_per_firework=3, seed=0, max_evaluations=max_evaluations)
+
+
+@pytest.mark.parametrize(
+    "spark_f1, restarted",
+    [
+        (99.99, True),  # imp 0.01 * 10 remaining generations < gap 90.99: cannot catch up
+        (50.0, False),  # imp 50 * 10 >= gap 41: can catch up
+        (101.0, True),  # imp 0: restarted (the paper's rule, see LoTFWA's docstring)
+    ],
+)
+def test_loser_out_restart(spark_f1, restarted):
+    opt = _two_fireworks(max_evaluations=8 * 11)  # after the first generation: 10 remaining
+    x, f = _fitness_by_rule(
+        opt,
+        lambda i, k, r: (
+            (10.0 if k == "position" else 9.0) if i == 0 else (100.0 if k == "position" else spark_f1)
+        ),
+    )
+    old = opt.positions
+    opt.tell(x, f)
+    assert opt.restarts.tolist() == [0, int(restarted)]
+    assert opt.fitnesses[0] == 9.0
+    if restarted:
+        assert not np.array_equal(opt.positions[1], old[1])
+        assert opt.fitnesses[1] == np.inf
+        assert opt.amplitudes[1] == opt.initial_amplitude
+        x = opt.ask()  # the new position is evaluated in the next ask
+        rows = [r for r, (i, k) in enumerate(zip(opt.pending_owner, opt.pending_kind, strict=True)) if i == 1]
+        assert opt.pending_kind[rows[0]] == "position"
+        assert np.array_equal(x[rows[0]], opt.positions[1])
+        assert len(x) == 8
+        opt.tell(x, sphere(x))
+        assert np.isfinite(opt.fitnesses[1])
+    else:
+        assert opt.fitnesses[1] == 50.0
+
+
+def test_no_restarts_without_budget():
+    opt = _two_fireworks(max_evaluations=None)
+    x, f = _fitness_by_rule(opt, lambda i, k, r: 1.0 if i == 0 else 100.0)
+    opt.tell(x, f)
+    assert opt.restarts.sum() == 0
+
+
+def test_restarts_inside_bounds_use_uniform_positions():
+    opt = LoTFWA(8, n_fireworks=3, sparks_per_firework=3, bounds=(-1.0, 4.0), max_evaluations=400, seed=0)
+    assert opt.restart == "uniform"
+    run(opt, lambda x: sphere(x, 3.0), 400)
+    assert opt.restarts.sum() > 0
+
+
+# --------------------------------------------------------------------------- determinism and state
+
+
+def _trajectory(opt, gens, fn=lambda x: rastrigin(x, 1.5)):
+    out = []
+    for _ in range(gens):
+        x = opt.ask()
+        out.append(x)
+        opt.tell(x, fn(x))
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_seed_same_trajectory_different_seed_different(name):
+    kw = dict(max_evaluations=400, sigma=1.0)
+    a = _trajectory(make_optimizer(name, 10, seed=7, **kw), 10)
+    b = _trajectory(make_optimizer(name, 10, seed=7, **kw), 10)
+    c = _trajectory(make_optimizer(name, 10, seed=8, **kw), 10)
+    assert all(np.array_equal(u, v) for u, v in zip(a, b, strict=True))
+    assert not np.array_equal(a[0], c[0])
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("cmaes", {}),
+        ("cmaes", {"bounds": (-2.0, 2.0)}),
+        ("lotfwa", {}),
+        ("lotfwa", {"guiding": "sequential", "n_fireworks": 4, "bounds": (-2.0, 2.0)}),
+        ("fwa", {}),
+        ("random", {"bounds": (-2.0, 2.0)}),
+    ],
+)
+@pytest.mark.parametrize("mid_ask", [False, True])
+def test_state_dict_round_trip_continues_identically(name, options, mid_ask):
+    kw = dict(seed=5, max_evaluations=300, **options)
+    ref = make_optimizer(name, 8, **kw)
+    _trajectory(ref, 6)
+    if mid_ask:
+        ref.ask()
+    state = pickle.loads(pickle.dumps(ref.state_dict()))
+    expected = _trajectory(ref, 8)
+    # restore into an instance built with a different seed: the state must carry everything
+    restored = make_optimizer(name, 8, **{**kw, "seed": 99})
+    restored.load_state_dict(state)
+    got = _trajectory(restored, 8)
+    assert all(np.array_equal(u, v) for u, v in zip(expected, got, strict=True))
+    assert restored.evaluations == ref.evaluations and restored.best_f == ref.best_f
+    if name == "lotfwa":
+        assert np.array_equal(restored.restarts, ref.restarts)
+
+
+def test_load_state_dict_rejects_other_class():
+    with pytest.raises(ValueError):
+        LoTFWA(3).load_state_dict(RandomSearch(3).state_dict())
+
+
+def test_cmaes_state_restores_in_another_process(tmp_path):
+    """pycma keys asked solutions by a per-process salted hash: restore mid-ask elsewhere."""
+    script = textwrap.dedent(
+        """
+        import pickle, sys, numpy as np
+        from dflora_core.optim import CMAES
+        from dflora_core.optim.testfunctions import sphere
+        path = sys.argv[2]
+        if sys.argv[1] == "save":
+            o = CMAES(6, popsize=6, seed=3, bounds=(-3, 3), x0=np.full(6, 2.0))
+            for _ in range(4):
+                x = o.ask(); o.tell(x, sphere(x, 1.0))
+            o.ask()
+            pickle.dump(o.state_dict(), open(path + ".state", "wb"))
+        else:
+            o = CMAES(6, popsize=6, seed=0, bounds=(-3, 3))
+            o.load_state_dict(pickle.load(open(path + ".state", "rb")))
+        xs = []
+        for _ in range(4):
+            x = o.ask(); xs.append(x); o.tell(x, sphere(x, 1.0))
+        np.save(path + "." + sys.argv[1] + ".npy", np.array(xs))
+        """
+    )
+    (tmp_path / "x.py").write_text(script)
+    base = str(tmp_path / "t")
+    for mode, hashseed in (("save", "1"), ("load", "2")):
+        env = {**os.environ, "PYTHONHASHSEED": hashseed}
+        subprocess.run(
+            [sys.executable, str(tmp_path / "x.py"), mode, base], check=True, env=env, cwd=tmp_path
+        )
+    assert np.array_equal(np.load(base + ".save.npy"), np.load(base + ".load.npy"))
+
+
+# --------------------------------------------------------------------------- bounds, failures
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bounds_respected(name):
+    lo, hi = -1.0, 0.5
+    opt = make_optimizer(
+        name, 10, seed=0, sigma=3.0, bounds=(lo, hi), x0=np.full(10, 0.5), max_evaluations=400
+    )
+    for x in _trajectory(opt, 15, fn=lambda x: sphere(x, 2.0)):
+        assert np.all(x >= lo) and np.all(x <= hi)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_infinite_fitness_is_handled(name):
+    rng = np.random.default_rng(0)
+    opt = make_optimizer(name, 6, seed=1, max_evaluations=500)
+    for _ in range(12):
+        x = opt.ask()
+        f = sphere(x, 1.0)
+        f[rng.random(len(f)) < 0.4] = np.inf
+        f[0] = np.nan  # read as +inf
+        opt.tell(x, f)
+        assert math.isfinite(opt.best_f)
+        if isinstance(opt, LoTFWA):
+            assert np.all(np.isfinite(opt.fitnesses) | (opt.fitnesses == np.inf))
+    x = opt.ask()
+    opt.tell(x, np.full(len(x), np.inf))  # a generation of failures: no crash, best kept
+    assert math.isfinite(opt.best_f)
+    fresh = make_optimizer(name, 6, seed=1)
+    x = fresh.ask()
+    fresh.tell(x, np.full(len(x), np.inf))
+    assert fresh.best_f == math.inf
+    fresh.ask()
+
+
+def test_fireworks_never_select_infinite_over_finite():
+    opt = LoTFWA(4, n_fireworks=2, sparks_per_firework=3, seed=0)
+    # firework 0: start fails, one spark finite; firework 1: start finite, sparks fail
+    x, f = _fitness_by_rule(
+        opt,
+        lambda i, k, r: (
+            (np.inf if k == "position" or r == 2 else 3.0) if i == 0 else (2.0 if k == "position" else np.inf)
+        ),
+    )
+    opt.tell(x, f)
+    assert opt.fitnesses.tolist() == [3.0, 2.0]
+    assert opt.best_f == 2.0
+
+
+# --------------------------------------------------------------------------- CMA-ES hygiene
+
+
+def test_cmaes_writes_no_files_and_leaves_global_rng_alone(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    np.random.seed(123)
+    before = global_rng_state()
+    opt = CMAES(8, popsize=6, seed=0, bounds=(-5, 5))
+    _trajectory(opt, 20)
+    state = opt.state_dict()
+    CMAES(8, popsize=6, seed=1).load_state_dict(state)
+    assert opt.termination is not None
+    assert same_global_state(before, global_rng_state())
+    assert os.listdir(tmp_path) == []
+
+
+def test_cmaes_ask_survives_pycma_termination():
+    opt = CMAES(3, popsize=6, seed=0, sigma=0.5)
+    _trajectory(opt, 300, fn=lambda x: sphere(x, 0.3))
+    assert opt.termination  # pycma would have stopped (tolfun, tolx, ...)
+    for _ in range(3):
+        x = opt.ask()
+        assert x.shape == (6, 3)
+        opt.tell(x, np.ones(6))  # flat fitness too
+
+
+def test_cmaes_rejects_reserved_options():
+    with pytest.raises(ConfigError):
+        CMAES(3, options={"seed": 1})
+    with pytest.raises(ConfigError):
+        make_optimizer("cmaes", 3, randn=np.random.randn)
+
+
+# --------------------------------------------------------------------------- factory
+
+
+def test_factory_names_and_errors():
+    assert set(OPTIMIZERS) == set(NAMES)
+    for name in NAMES:
+        assert isinstance(make_optimizer(name, 3), OPTIMIZERS[name])
+        assert describe(name) and "\n" not in describe(name)
+    with pytest.raises(ConfigError) as err:
+        make_optimizer("adam", 3)
+    assert err.value.field == "optimizer"
+    assert all(n in str(err.value) for n in NAMES)
+    with pytest.raises(ConfigError):
+        describe("adam")
+    with pytest.raises(ConfigError, match="n_fireworks"):
+        make_optimizer("lotfwa", 3, n_fireworkz=3)
+    with pytest.raises(ConfigError):
+        make_optimizer("cmaes", 3, not_a_pycma_option=1)
+    with pytest.raises(ConfigError):
+        make_optimizer("random", 3, sigma=-1.0)
+
+
+def test_factory_popsize_mapping():
+    lot = make_optimizer("lotfwa", 4)
+    assert (lot.n_fireworks, lot.sparks_per_firework) == (2, 9) and len(lot.ask()) == 20
+    lot5 = make_optimizer("lotfwa", 4, n_fireworks=5)
+    assert (lot5.n_fireworks, lot5.sparks_per_firework) == (5, 3) and len(lot5.ask()) == 20
+    lot_m = make_optimizer("lotfwa", 4, popsize=30, sparks_per_firework=4)
+    assert (lot_m.n_fireworks, lot_m.sparks_per_firework) == (6, 4)
+    assert make_optimizer("fwa", 4, popsize=10).sparks_per_firework == 10
+    assert len(make_optimizer("random", 4, popsize=7).ask()) == 7
+    assert len(make_optimizer("cmaes", 4, popsize=7).ask()) == 7
+    assert make_optimizer("cmaes", 4, CMA_diagonal=True).es.opts["CMA_diagonal"] is True
+    lot = make_optimizer("lotfwa", 4, sigma=0.2, guiding="sequential")
+    assert lot.initial_amplitude == pytest.approx(0.2 * math.sqrt(3)) and lot.guiding == "sequential"
