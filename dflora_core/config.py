@@ -47,6 +47,7 @@ class ModelConfig:
 @dataclass
 class LowRankConfig:
     targets: tuple[str, ...] = ("q", "k")  # the paper's code adapts W_q and W_k (Appendix D)
+    layers: tuple[int, ...] | None = None  # adapted layers (negative = from the top); None = all (paper)
     rank: int = 4  # paper: 2 or 4
     intrinsic_dim: int = 500  # d per layer; paper: 500 to 1,600
     projection_init: str = "ril"  # hidden-state based init (paper default); "ri" or "released" for ablations
@@ -57,7 +58,7 @@ class LowRankConfig:
     stat_source: str = "residual"
     ri_std: float = 0.002  # the "ri" init's fixed std (set near the ril scale of SmolLM2's layers)
     clip_rounds: int = 5  # 3-sigma clipping rounds of the hidden-state statistic
-    clip_sigma: float = 3.0
+    clip_sigma: float = 3.0  # clip at mean +- 3 std (DESIGN.md §1)
 
 
 @dataclass
@@ -76,9 +77,7 @@ class SearchConfig:
     loss: str = "ce"  # ce (paper) | hinge | neg_metric
     eval_every: int = 100  # dev evaluation period in calls (released code: 100); not charged to the budget
     select_start: bool = True  # the unadapted model (z = 0) is a model-selection candidate too
-    patience: int | None = (
-        None  # stop after this many calls without dev improvement (paper's timing table: 1500)
-    )
+    patience: int | None = None  # stop after this many calls without dev improvement (paper's timing table: 1500)
     checkpoint_every: int = 5  # generations between checkpoints (a checkpoint costs ~ms)
     prefix_reuse: bool = True  # compute layers below the optimised one once per generation
 
@@ -228,15 +227,33 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def field_docs(cls=RunConfig) -> dict[str, str]:
-    """field path -> the one-line rationale written next to it in this file (for docs and notebooks)."""
+    """field path -> the rationale written next to it in this file (trailing comment or the comment above)."""
     import inspect
     import re
 
     out: dict[str, str] = {}
     for c in (cls, DataConfig, ModelConfig, LowRankConfig, OptimConfig, SearchConfig, BaselineConfig):
-        src = inspect.getsource(c)
-        for m in re.finditer(r"^    (\w+): [^=\n]+= [^#\n]+# (.+)$", src, re.M):
-            out[f"{c.__name__}.{m.group(1)}"] = m.group(2).strip()
+        lines = inspect.getsource(c).splitlines()
+        above: list[str] = []
+        i = 0
+        while i < len(lines):
+            line = lines[i]
+            m = re.match(r"^    (\w+): ", line)
+            if line.strip().startswith("#"):
+                above.append(line.strip().lstrip("#").strip())
+            elif m:
+                stmt = [line]
+                while stmt[-1].count("(") + sum(x.count("(") for x in stmt[:-1]) > sum(x.count(")") for x in stmt):
+                    i += 1
+                    stmt.append(lines[i])
+                trailing = [x.split("# ", 1)[1].strip() for x in stmt if "# " in x]
+                text = " ".join(trailing or above)
+                if text:
+                    out[f"{c.__name__}.{m.group(1)}"] = text
+                above = []
+            else:
+                above = []
+            i += 1
     return out
 
 
@@ -254,13 +271,9 @@ def validate(cfg: RunConfig, num_layers: int | None = None, model_type: str | No
     from .metrics import LOSSES
 
     _check(cfg.method in METHODS, "method", f"unknown method {cfg.method!r}; choose from {sorted(METHODS)}")
-    _check(
-        cfg.data.task in TASKS, "data.task", f"unknown task {cfg.data.task!r}; choose from {sorted(TASKS)}"
-    )
+    _check(cfg.data.task in TASKS, "data.task", f"unknown task {cfg.data.task!r}; choose from {sorted(TASKS)}")
     _check(cfg.data.shots >= 1, "data.shots", f"must be >= 1, got {cfg.data.shots}")
-    _check(
-        cfg.data.split_source in ("auto", "pool", "fixed"), "data.split_source", "must be auto, pool or fixed"
-    )
+    _check(cfg.data.split_source in ("auto", "pool", "fixed"), "data.split_source", "must be auto, pool or fixed")
     _check(cfg.data.max_test is None or cfg.data.max_test >= 1, "data.max_test", "must be >= 1 or empty")
     _check(cfg.data.max_length >= 16, "data.max_length", f"must be >= 16, got {cfg.data.max_length}")
     _check(
@@ -301,8 +314,13 @@ def validate(cfg: RunConfig, num_layers: int | None = None, model_type: str | No
     _check(s.eval_every >= 1, "search.eval_every", f"must be >= 1, got {s.eval_every}")
     _check(s.patience is None or s.patience >= 1, "search.patience", "must be >= 1 or empty")
     _check(s.checkpoint_every >= 1, "search.checkpoint_every", "must be >= 1")
+    if num_layers is not None and lr.layers is not None:
+        bad_layers = [i for i in lr.layers if not -num_layers <= i < num_layers]
+        _check(not bad_layers, "lowrank.layers", f"{bad_layers} out of range for a model with {num_layers} layers")
+        _check(len({i % num_layers for i in lr.layers}) == len(lr.layers), "lowrank.layers", "repeated layer")
     if cfg.method in DFO_LORA_METHODS and num_layers is not None:
-        one_round = op.popsize * num_layers
+        adapted = num_layers if lr.layers is None else len(lr.layers)
+        one_round = op.popsize * adapted
         _check(
             s.budget >= one_round,
             "search.budget",

@@ -56,11 +56,7 @@ def zero_shot_key(exp: Experiment) -> str:
 def zero_shot(exp: Experiment, use_cache: bool = True) -> dict:
     """Test metric of the unadapted model with the manual prompt (the paper's "manual prompt" row)."""
     key = zero_shot_key(exp)
-    folder = (
-        Path(os.environ["DFLORA_ZS_CACHE"])
-        if os.environ.get("DFLORA_ZS_CACHE")
-        else cache_root() / "zeroshot"
-    )
+    folder = Path(os.environ["DFLORA_ZS_CACHE"]) if os.environ.get("DFLORA_ZS_CACHE") else cache_root() / "zeroshot"
     path = folder / f"{key}.json"
     if use_cache and key in _ZS_MEMORY:
         return _ZS_MEMORY[key]
@@ -118,7 +114,7 @@ def run_layerwise(exp: Experiment, folder: RunFolder, resume: bool, callbacks: d
             "forward_passes": search.evaluator.forward_rows,
             "prefix_reuse": search.evaluator.reuse_prefix,
             "optimizer": search.optimizer_name,
-            "projection": search.projection.describe(),
+            "projection": search.adapter.describe(),
             "layer_stats": [s.as_dict() for s in search.layer_stats],
             "params_optimised": exp.cfg.lowrank.intrinsic_dim * search.num_layers,
             "params_stored": exp.cfg.lowrank.intrinsic_dim * search.num_layers,
@@ -164,6 +160,7 @@ def run(
     resume: bool = False,
     loaded: LoadedModel | None = None,
     keep_search: bool = False,
+    tags: dict | None = None,
     **callbacks,
 ) -> dict:
     """Prepare, run the method, evaluate and write ``out/record.json``; returns the record.
@@ -188,6 +185,7 @@ def run(
         torch.cuda.reset_peak_memory_stats()
     record = base_record(cfg.to_dict())
     record.update(model_identity=exp.loaded.identity, data=exp.data_identity(), metric=exp.task.metric)
+    record["tags"] = dict(tags or {})  # free labels (e.g. the ablation a run belongs to)
     folder.write_json("config.json", cfg.to_dict())
     if not resume or folder.read_record() is None:
         folder.write_json(RECORD, record)

@@ -133,12 +133,8 @@ def test_fixed_split_files_match_stats(task):
 
 
 def test_pool_files_match_stats():
-    _assert_matches_stats(
-        "sst2/glue/SST-2/train.tsv", "sst2", L.read_glue_sst2_tsv(ROOT, "sst2/glue/SST-2/train.tsv")
-    )
-    _assert_matches_stats(
-        "rte/glue/RTE/train.tsv", "rte", L.read_glue_rte_tsv(ROOT, "rte/glue/RTE/train.tsv")
-    )
+    _assert_matches_stats("sst2/glue/SST-2/train.tsv", "sst2", L.read_glue_sst2_tsv(ROOT, "sst2/glue/SST-2/train.tsv"))
+    _assert_matches_stats("rte/glue/RTE/train.tsv", "rte", L.read_glue_rte_tsv(ROOT, "rte/glue/RTE/train.tsv"))
     msr = "mrpc/glue/MRPC/msr_paraphrase_train.txt"
     _assert_matches_stats(msr, "mrpc", L.read_mrpc_tsv(ROOT, msr))
     mrpc_pool = L.read_mrpc_tsv(ROOT, msr, "mrpc/glue/MRPC/dev_ids.tsv")
@@ -163,9 +159,7 @@ def test_test_sets_have_paper_size_and_stats_distribution(task):
 def test_text_formats():
     yelp = load_test("yelp").examples
     assert not any("\\n" in e.texts[0] or '\\""' in e.texts[0] for e in yelp)
-    assert (
-        sum('\\"' in e.texts[0] for e in yelp) == 341
-    )  # the release's \" quotes, as Hugging Face gives them
+    assert sum('\\"' in e.texts[0] for e in yelp) == 341  # the release's \" quotes, as Hugging Face gives them
     ag = load_test("agnews").examples
     assert ag[0].texts[0].startswith("Fears for T N pension after talks Unions representing workers")
     assert "A second\\team of rocketeers" in ag[1].texts[0]  # backslashes kept as Hugging Face ag_news

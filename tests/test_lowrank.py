@@ -7,6 +7,7 @@ from torch import nn
 
 from dflora_core.data.types import Example
 from dflora_core.errors import ConfigError, ModelError
+from dflora_core.lowrank.adapter import LowRankAdapter
 from dflora_core.lowrank.arch import ARCHS, transformer_layers
 from dflora_core.lowrank.hidden_stats import clipped_mean_std, hidden_state_stats, projection_scales
 from dflora_core.lowrank.patching import LowRankPatch, LowRankWrapper
@@ -42,13 +43,13 @@ def test_population_equals_separate_forwards(tiny_models, name, reuse):
     try:
         base = class_logits(loaded, head, data)
         # the population is chunked over candidates and examples (max_tokens small on purpose)
-        ev = PopulationEvaluator(loaded, head, patch, data, max_tokens=48, reuse_prefix=reuse)
+        ev = PopulationEvaluator(loaded, head, LowRankAdapter(patch, proj), data, max_tokens=48, reuse_prefix=reuse)
         gen = torch.Generator().manual_seed(0)
         # a fixed update in another layer must be respected (held, and replayed below)
         patch.set_layer(0, proj.factors(0, torch.randn(48, generator=gen)))
         for layer in range(patch.num_layers):
             z = torch.randn(5, 48, generator=gen)
-            pop = ev.logits(layer, proj.factors(layer, z))
+            pop = ev.logits(layer, z)
             saved = patch.get_layer(layer)
             sep = []
             for p in range(5):
@@ -74,8 +75,8 @@ def test_zero_update_and_removal_are_exact(tiny_models, name):
     for layer in range(patch.num_layers):
         patch.set_layer(layer, proj.factors(layer, torch.zeros(48)))
     assert torch.equal(class_logits(loaded, head, data), base)  # z = 0: exactly the unpatched logits
-    ev = PopulationEvaluator(loaded, head, patch, data, max_tokens=10_000, reuse_prefix=False)
-    pop0 = ev.logits(1, proj.factors(1, torch.zeros(3, 48)))
+    ev = PopulationEvaluator(loaded, head, LowRankAdapter(patch, proj), data, max_tokens=10_000, reuse_prefix=False)
+    pop0 = ev.logits(1, torch.zeros(3, 48))
     torch.testing.assert_close(pop0, base.expand(3, -1, -1), atol=1e-6, rtol=0)
     patch.set_layer(1, proj.factors(1, torch.ones(48)))
     assert not torch.equal(class_logits(loaded, head, data), base)
@@ -144,9 +145,7 @@ def test_other_architectures_patch_and_batch(kind):
             )
         patch.set_layer(1, factors)
         with torch.no_grad():
-            pop = model.base_model(
-                input_ids=ids.repeat(2, 1), attention_mask=mask.repeat(2, 1)
-            ).last_hidden_state
+            pop = model.base_model(input_ids=ids.repeat(2, 1), attention_mask=mask.repeat(2, 1)).last_hidden_state
         for p in range(2):
             patch.set_layer(1, {t: (A[p], B[p]) for t, (A, B) in factors.items()})
             with torch.no_grad():
@@ -204,9 +203,7 @@ def test_projection_shapes_scales_and_seeds():
     assert all(torch.equal(a, b) for a, b in zip(proj.matrices(2), again.matrices(2), strict=True))
     other = IntrinsicProjection(dims, 2, 40, "ril", seed=4, layer_std=[1.0, 2.0, 4.0], alpha=0.5, sigma=0.25)
     assert not torch.equal(proj.matrices(2)[0], other.matrices(2)[0])
-    released = IntrinsicProjection(
-        dims, 2, 40, "released", seed=3, layer_std=[1.0, 2.0, 4.0], alpha=0.5, sigma=0.25
-    )
+    released = IntrinsicProjection(dims, 2, 40, "released", seed=3, layer_std=[1.0, 2.0, 4.0], alpha=0.5, sigma=0.25)
     a0, b0 = released.matrices(0)[:2]
     assert a0.abs().max() <= 1 / np.sqrt(10) and b0.abs().max() <= 1 / np.sqrt(10)  # default Linear init
     a1 = released.matrices(1)[0]

@@ -215,9 +215,7 @@ def test_lotfwa_guiding_sparks_are_downhill():
 def _fitness_by_rule(opt, rule):
     """Fitness per asked row from rule(firework, kind, row) -> value."""
     x = opt.ask()
-    f = np.array(
-        [rule(int(i), k, r) for r, (i, k) in enumerate(zip(opt.pending_owner, opt.pending_kind, strict=True))]
-    )
+    f = np.array([rule(int(i), k, r) for r, (i, k) in enumerate(zip(opt.pending_owner, opt.pending_kind, strict=True))])
     return x, f
 
 
@@ -268,9 +266,7 @@ def test_loser_out_restart(spark_f1, restarted):
     opt = _two_fireworks(max_evaluations=8 * 11)  # after the first generation: 10 remaining
     x, f = _fitness_by_rule(
         opt,
-        lambda i, k, r: (
-            (10.0 if k == "position" else 9.0) if i == 0 else (100.0 if k == "position" else spark_f1)
-        ),
+        lambda i, k, r: (10.0 if k == "position" else 9.0) if i == 0 else (100.0 if k == "position" else spark_f1),
     )
     old = opt.positions
     opt.tell(x, f)
@@ -389,9 +385,7 @@ def test_cmaes_state_restores_in_another_process(tmp_path):
     base = str(tmp_path / "t")
     for mode, hashseed in (("save", "1"), ("load", "2")):
         env = {**os.environ, "PYTHONHASHSEED": hashseed}
-        subprocess.run(
-            [sys.executable, str(tmp_path / "x.py"), mode, base], check=True, env=env, cwd=tmp_path
-        )
+        subprocess.run([sys.executable, str(tmp_path / "x.py"), mode, base], check=True, env=env, cwd=tmp_path)
     assert np.array_equal(np.load(base + ".save.npy"), np.load(base + ".load.npy"))
 
 
@@ -401,9 +395,7 @@ def test_cmaes_state_restores_in_another_process(tmp_path):
 @pytest.mark.parametrize("name", NAMES)
 def test_bounds_respected(name):
     lo, hi = -1.0, 0.5
-    opt = make_optimizer(
-        name, 10, seed=0, sigma=3.0, bounds=(lo, hi), x0=np.full(10, 0.5), max_evaluations=400
-    )
+    opt = make_optimizer(name, 10, seed=0, sigma=3.0, bounds=(lo, hi), x0=np.full(10, 0.5), max_evaluations=400)
     for x in _trajectory(opt, 15, fn=lambda x: sphere(x, 2.0)):
         assert np.all(x >= lo) and np.all(x <= hi)
 

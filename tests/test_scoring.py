@@ -26,9 +26,7 @@ def test_every_task_scores_at_the_right_position(tiny_models, name, task):
     data = enc.encode(
         [_example(task), Example(_example(task).texts[:1] * (2 if task in ("mrpc", "rte", "snli") else 1), 0)]
     )
-    assert len(enc.label_token_ids) == len(
-        (MASKED_LM if loaded.family == "masked" else CAUSAL_LM)[task].words
-    )
+    assert len(enc.label_token_ids) == len((MASKED_LM if loaded.family == "masked" else CAUSAL_LM)[task].words)
     for ids, pos in zip(data.ids, data.positions, strict=True):
         if loaded.family == "masked":
             assert ids[pos] == loaded.tokenizer.mask_token_id
@@ -47,9 +45,7 @@ def test_padding_never_changes_a_score(tiny_models, name):
     together = class_logits(loaded, head, data, max_tokens=10_000)
     alone = torch.cat([class_logits(loaded, head, enc.encode([e])) for e in exs])
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
-    full = loaded.model(input_ids=torch.tensor([data.ids[0]])).logits[
-        0, data.positions[0], enc.label_token_ids
-    ]
+    full = loaded.model(input_ids=torch.tensor([data.ids[0]])).logits[0, data.positions[0], enc.label_token_ids]
     torch.testing.assert_close(together[0], full, atol=1e-5, rtol=1e-5)
 
 

@@ -284,9 +284,7 @@ def _first_k_per_class(rows: list[Example], k: int, n_classes: int, rel: str) ->
             taken[e.label] += 1
     short = [c for c in range(n_classes) if taken[c] < k]
     if short:
-        raise DataError(
-            f"{rel}: fewer than {k} rows for label(s) {short}; the file is not a {_FIXED_K}-shot split"
-        )
+        raise DataError(f"{rel}: fewer than {k} rows for label(s) {short}; the file is not a {_FIXED_K}-shot split")
     return out
 
 

@@ -205,9 +205,7 @@ def read_glue_sst2_tsv(root: Path, rel: str) -> list[Example]:
             _check_header(rel, row, ["sentence", "label"])
             continue
         _check_fields(rel, line, row, 2)
-        out.append(
-            Example((_text(rel, line, row[0]),), _label(rel, line, row[1], _int_labels(2)), _where(rel, line))
-        )
+        out.append(Example((_text(rel, line, row[0]),), _label(rel, line, row[1], _int_labels(2)), _where(rel, line)))
     return out
 
 
@@ -404,9 +402,7 @@ def read_agnews_alps_tsv(root: Path, rel: str) -> list[Example]:
     out: list[Example] = []
     for line, row in _rows(root, rel, delimiter="\t", quoted=True):
         _check_fields(rel, line, row, 2)
-        out.append(
-            Example((_text(rel, line, row[0]),), _label(rel, line, row[1], _AGNEWS_NAMES), _where(rel, line))
-        )
+        out.append(Example((_text(rel, line, row[0]),), _label(rel, line, row[1], _AGNEWS_NAMES), _where(rel, line)))
     return out
 
 

@@ -39,8 +39,7 @@ def read_manifest(root: str | Path | None = None) -> list[dict]:
         raise DataError(f"{path}: cannot read manifest ({err})") from None
     entries = data.get("files") if isinstance(data, dict) else data
     if not isinstance(entries, list) or not all(
-        isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("md5"), str)
-        for e in entries
+        isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("md5"), str) for e in entries
     ):
         raise DataError(f"{path}: expected a list of entries with 'file' and 'md5'")
     return entries

@@ -90,9 +90,7 @@ def hidden_state_stats(
     for i, chunks in enumerate(collected):
         values = torch.cat(chunks)
         m, s, kept = clipped_mean_std(values, rounds, k)
-        stats.append(
-            LayerStats(i, source, m, s, float(values.mean()), float(values.std()), kept, values.numel())
-        )
+        stats.append(LayerStats(i, source, m, s, float(values.mean()), float(values.std()), kept, values.numel()))
     return stats
 
 

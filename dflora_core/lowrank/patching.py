@@ -47,9 +47,7 @@ class LowRankWrapper(nn.Module):
         super().__init__()
         kind = next((k for k in FEATURES if type(base) is k), None)
         if kind is None:
-            raise ModelError(
-                f"cannot patch a {type(base).__name__}: known kinds {[k.__name__ for k in FEATURES]}"
-            )
+            raise ModelError(f"cannot patch a {type(base).__name__}: known kinds {[k.__name__ for k in FEATURES]}")
         self.base = base
         self.in_features, self.out_features = FEATURES[kind](base)
         self.selects: dict[str, torch.Tensor | slice | None] = {}
@@ -84,6 +82,20 @@ class LowRankWrapper(nn.Module):
         return y
 
 
+def resolve_layers(layers: tuple[int, ...] | None, total: int) -> tuple[int, ...]:
+    """Model layer indices to adapt, bottom to top; negative indices count from the top; None = all."""
+    if layers is None:
+        return tuple(range(total))
+    out = sorted({i % total if -total <= i < total else _bad_layer(i, total) for i in layers})
+    return tuple(out)
+
+
+def _bad_layer(i: int, total: int) -> int:
+    from ..errors import ConfigError
+
+    raise ConfigError("lowrank.layers", f"layer {i} does not exist: the model has {total} layers")
+
+
 @dataclass(frozen=True)
 class Site:
     """One target of one layer: the wrapper that carries it and its factor shapes."""
@@ -94,17 +106,22 @@ class Site:
 
 
 class LowRankPatch:
-    """Wraps the target projections of every layer; ``remove()`` undoes it exactly."""
+    """Wraps the target projections of every layer (or of ``layers``); ``remove()`` undoes it exactly.
 
-    def __init__(self, model: nn.Module, targets: tuple[str, ...] = ("q", "k")):
+    Patched layer i (``sites[i]``, ``set_layer(i, ...)``) is model layer ``model_layers[i]``.
+    """
+
+    def __init__(self, model: nn.Module, targets: tuple[str, ...] = ("q", "k"), layers: tuple[int, ...] | None = None):
         check_targets(model, targets)
         spec = arch_spec(model)
         self.model = model
         self.targets = tuple(targets)
         self.layers = transformer_layers(model)
+        self.model_layers = resolve_layers(layers, len(self.layers))
         self._originals: list[tuple[nn.Module, str, nn.Module]] = []
         self.sites: list[dict[str, Site]] = []
-        for layer in self.layers:
+        for index in self.model_layers:
+            layer = self.layers[index]
             sites: dict[str, Site] = {}
             for t in targets:
                 tspec = spec.targets[t]

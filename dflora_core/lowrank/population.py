@@ -20,7 +20,7 @@ import torch
 
 from ..models.registry import LoadedModel
 from ..models.scoring import Batch, EncodedSet, VerbalizerHead, forward_class_logits
-from .patching import LowRankPatch
+from .adapter import LayerAdapter
 
 
 class _StopForward(Exception):
@@ -42,13 +42,13 @@ class PopulationEvaluator:
         self,
         loaded: LoadedModel,
         head: VerbalizerHead,
-        patch: LowRankPatch,
+        adapter: LayerAdapter,
         data: EncodedSet,
         dtype: torch.dtype | None = None,
         max_tokens: int = 16384,
         reuse_prefix: bool = True,
     ):
-        self.loaded, self.head, self.patch, self.data = loaded, head, patch, data
+        self.loaded, self.head, self.adapter, self.data = loaded, head, adapter, data
         self.dtype, self.max_tokens, self.reuse_prefix = dtype, max_tokens, reuse_prefix
         self._batches: dict[int, list[Batch]] = {}
         self.forward_rows = 0  # sequences pushed through the model (for speed accounting)
@@ -65,14 +65,14 @@ class PopulationEvaluator:
 
     # -- prefix reuse -----------------------------------------------------------------
     def _prefix_output(self, batch: Batch, layer: int):
-        """Output of layer ``layer - 1`` for the batch (N rows), stopping the forward there."""
+        """Output of model layer ``layer - 1`` for the batch (N rows), stopping the forward there."""
         captured = {}
 
         def hook(_m, _args, output):
             captured["out"] = output
             raise _StopForward
 
-        handle = self.patch.layers[layer - 1].register_forward_hook(hook)
+        handle = self.adapter.layers[layer - 1].register_forward_hook(hook)
         try:
             forward_class_logits(self.loaded, self.head, batch, dtype=self.dtype)
         except _StopForward:
@@ -85,7 +85,7 @@ class PopulationEvaluator:
     def _replay(self, layer: int, prefix_output, copies: int):
         hidden = prefix_output if isinstance(prefix_output, torch.Tensor) else prefix_output[0]
         replayed = _repeat_like(prefix_output, hidden.repeat(copies, *([1] * (hidden.dim() - 1))))
-        layers = self.patch.layers[:layer]
+        layers = self.adapter.layers[:layer]
         for mod in layers:
             mod.forward = lambda *a, **k: replayed  # instance attribute shadows the class forward
         try:
@@ -95,53 +95,49 @@ class PopulationEvaluator:
                 del mod.forward
 
     # -- scoring -----------------------------------------------------------------------
-    def logits(self, layer: int, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """Class logits [P, N, C]; ``factors`` are population factors ([P, ...]) for ``layer``."""
-        P = next(iter(factors.values()))[0].shape[0]
+    def logits(self, layer: int, Z) -> torch.Tensor:
+        """Class logits [P, N, C] of candidates Z [P, dim] for ``layer``, the other layers as they are."""
+        state = self.adapter.population(layer, Z)
+        P = len(Z)
         N, C = len(self.data), len(self.head.weight)
         out = torch.empty(P, N, C)
-        saved = self.patch.get_layer(layer)
+        saved = self.adapter.get(layer)
         pc = self.candidate_chunk(P)
-        reuse = self.reuse_prefix and layer > 0
+        first = self.adapter.model_layers[layer]  # model layers below this one are the same for all candidates
+        reuse = self.reuse_prefix and first > 0
         prefixes = {}
         try:
             for c0 in range(0, P, pc):
                 c1 = min(P, c0 + pc)
-                self.patch.set_layer(layer, {t: (A[c0:c1], B[c0:c1]) for t, (A, B) in factors.items()})
+                self.adapter.set(layer, self.adapter.take(state, c0, c1))
                 for b, batch in enumerate(self.batches(c1 - c0)):
                     ctx = contextlib.nullcontext()
                     if reuse:
                         key = (c1 - c0, b)
                         if key not in prefixes:
-                            prefixes[key] = self._prefix_output(batch, layer)
-                        ctx = self._replay(layer, prefixes[key], c1 - c0)
+                            prefixes[key] = self._prefix_output(batch, first)
+                        ctx = self._replay(first, prefixes[key], c1 - c0)
                     with ctx:
-                        lg = forward_class_logits(
-                            self.loaded, self.head, batch, copies=c1 - c0, dtype=self.dtype
-                        )
+                        lg = forward_class_logits(self.loaded, self.head, batch, copies=c1 - c0, dtype=self.dtype)
                     self.forward_rows += lg.shape[0]
                     out[c0:c1, batch.index] = lg.view(c1 - c0, len(batch.index), C).cpu()
         finally:
-            self.patch.set_layer(layer, saved or None)
+            self.adapter.set(layer, saved)
         return out
 
-    def verify_prefix_reuse(self, layer: int, factors, atol: float = 1e-4) -> bool:
+    def verify_prefix_reuse(self, layer: int, Z, atol: float = 1e-4) -> bool:
         """Compare reused-prefix logits with full forwards once; turn reuse off if they differ."""
-        if not self.reuse_prefix or layer == 0:
+        if not self.reuse_prefix or self.adapter.model_layers[layer] == 0:
             return self.reuse_prefix
         try:
-            fast = self.logits(layer, factors)
+            fast = self.logits(layer, Z)
             self.reuse_prefix = False
-            full = self.logits(layer, factors)
+            full = self.logits(layer, Z)
             ok = torch.allclose(fast, full, atol=atol, rtol=1e-3)
         except (TypeError, KeyError, IndexError) as err:
             ok, full = False, None
-            warnings.warn(
-                f"prefix reuse failed on this architecture ({err}); using full forwards", stacklevel=2
-            )
+            warnings.warn(f"prefix reuse failed on this architecture ({err}); using full forwards", stacklevel=2)
         self.reuse_prefix = ok
         if not ok and full is not None:
-            warnings.warn(
-                "prefix reuse changed the logits on this architecture; using full forwards", stacklevel=2
-            )
+            warnings.warn("prefix reuse changed the logits on this architecture; using full forwards", stacklevel=2)
         return ok

@@ -71,6 +71,7 @@ class IntrinsicProjection:
         ri_std: float = 0.02,
         device: torch.device | str = "cpu",
         cache_bytes: int = 512 * 2**20,
+        model_layers: Sequence[int] | None = None,  # model index of each layer (seeds, "released" rule)
     ):
         if init not in INITS:
             raise ConfigError("projection_init", f"{init!r}; choose from {INITS}")
@@ -83,6 +84,7 @@ class IntrinsicProjection:
         if init != "ri" and (layer_std is None or len(layer_std) != len(self.layers)):
             raise ConfigError("projection_init", f"{init} needs one hidden-state std per layer")
         self.rank, self.d, self.init, self.seed = rank, intrinsic_dim, init, seed
+        self.model_layers = list(model_layers) if model_layers is not None else list(range(len(self.layers)))
         self.chunk = intrinsic_dim // n_factors
         self.layer_std = list(layer_std) if layer_std is not None else None
         self.alpha, self.sigma, self.ri_std = alpha, sigma, ri_std
@@ -102,7 +104,7 @@ class IntrinsicProjection:
         """("normal", std) or ("uniform", bound) of one map."""
         if self.init == "ri":
             return "normal", self.ri_std
-        if self.init == "released" and not (spec.factor == "A" and layer >= 1):
+        if self.init == "released" and not (spec.factor == "A" and self.model_layers[layer] >= 1):
             return "uniform", 1.0 / math.sqrt(self.chunk)
         return "normal", self.ril_std(layer)
 
@@ -113,7 +115,7 @@ class IntrinsicProjection:
             return self._cache[layer]
         mats = []
         for j, spec in enumerate(self.layers[layer]):
-            gen = torch.Generator().manual_seed(map_seed(self.seed, layer, j))
+            gen = torch.Generator().manual_seed(map_seed(self.seed, self.model_layers[layer], j))
             kind, scale = self.map_init(layer, spec)
             if kind == "normal":
                 m = torch.randn(spec.numel, self.chunk, generator=gen) * scale
@@ -150,5 +152,6 @@ class IntrinsicProjection:
             "sigma": self.sigma,
             "ri_std": self.ri_std,
             "layer_std": self.layer_std,
+            "model_layers": self.model_layers,
             "map_seeds": "numpy SeedSequence([seed, layer, factor_index]) -> torch.Generator",
         }

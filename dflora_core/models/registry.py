@@ -53,9 +53,7 @@ def _load_folder(folder: Path, gguf_file: str | None = None, masked: bool | None
         tok = AutoTokenizer.from_pretrained(folder, **kwargs)
         model = cls.from_pretrained(folder, dtype=torch.float32, **kwargs)
     except (OSError, ValueError, KeyError) as err:
-        raise ModelError(
-            f"model {folder}: cannot load it with transformers ({str(err).splitlines()[0]})"
-        ) from err
+        raise ModelError(f"model {folder}: cannot load it with transformers ({str(err).splitlines()[0]})") from err
     return model.eval(), tok
 
 
@@ -104,9 +102,7 @@ REGISTRY: dict[str, ModelEntry] = {
         num_layers=18,
     ),
     **{
-        name: ModelEntry(
-            name, f"tiny random {desc}, for tests", family, _tiny(name), mtype, tiny.TINY_SIZES["layers"]
-        )
+        name: ModelEntry(name, f"tiny random {desc}, for tests", family, _tiny(name), mtype, tiny.TINY_SIZES["layers"])
         for name, desc, family, mtype in (
             ("tiny-roberta", "RoBERTa (masked LM)", "masked", "roberta"),
             ("tiny-gpt2", "GPT-2 (fused c_attn)", "causal", "gpt2"),
@@ -208,14 +204,10 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto") -> LoadedModel:
                 "config_sha256": hashlib.sha256((path / "config.json").read_bytes()).hexdigest(),
             }
         else:
-            raise ModelError(
-                f"model {name!r}: {path} has no config.json (expected a Hugging Face model folder)"
-            )
+            raise ModelError(f"model {name!r}: {path} has no config.json (expected a Hugging Face model folder)")
         family = (
             "masked"
-            if model.config.model_type in MASKED_TYPES
-            or tok.mask_token
-            and "MaskedLM" in type(model).__name__
+            if model.config.model_type in MASKED_TYPES or tok.mask_token and "MaskedLM" in type(model).__name__
             else "causal"
         )
         verbalizers = {}

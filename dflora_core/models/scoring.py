@@ -89,9 +89,7 @@ def _token_count(tok, text: str) -> int:
 class PromptEncoder:
     """Fills a task's template with an example's text fields and tokenizes it."""
 
-    def __init__(
-        self, loaded: LoadedModel, task: str, max_length: int = 512, words: Sequence[str] | None = None
-    ):
+    def __init__(self, loaded: LoadedModel, task: str, max_length: int = 512, words: Sequence[str] | None = None):
         self.tok = loaded.tokenizer
         self.family = loaded.family
         self.task = task
@@ -110,24 +108,18 @@ class PromptEncoder:
         for word in self.template.words:
             # masked LMs with BPE: the label word follows a space unless the mask starts the prompt
             if self.family == "masked":
-                tries = (
-                    [word, " " + word] if self.template.pattern.startswith("{mask}") else [" " + word, word]
-                )
+                tries = [word, " " + word] if self.template.pattern.startswith("{mask}") else [" " + word, word]
             else:
                 tries = [word]
             for w in tries:
                 toks = self.tok(w, add_special_tokens=False).input_ids
                 if len(toks) == 1 and toks[0] == self.tok.unk_token_id:
-                    raise ConfigError(
-                        "verbalizer", f"label word {w!r} of task {self.task} is unknown to the tokenizer"
-                    )
+                    raise ConfigError("verbalizer", f"label word {w!r} of task {self.task} is unknown to the tokenizer")
                 if len(toks) == 1:
                     ids.append(toks[0])
                     break
             else:
-                pieces = self.tok.convert_ids_to_tokens(
-                    self.tok(tries[0], add_special_tokens=False).input_ids
-                )
+                pieces = self.tok.convert_ids_to_tokens(self.tok(tries[0], add_special_tokens=False).input_ids)
                 raise ConfigError(
                     "verbalizer",
                     f"label word {tries[0]!r} of task {self.task} is not one token for this tokenizer "
@@ -151,9 +143,7 @@ class PromptEncoder:
             field_ids = self.tok(texts[j], add_special_tokens=False).input_ids
             keep = max(1, len(field_ids) - (len(ids) - self.max_length) - 1)
             if keep >= len(field_ids):
-                raise ConfigError(
-                    "max_length", f"{self.max_length} is shorter than the template of {self.task}"
-                )
+                raise ConfigError("max_length", f"{self.max_length} is shorter than the template of {self.task}")
             texts[j] = self.tok.decode(field_ids[:keep])
             ids = self.tok(self._prompt(texts)).input_ids
             truncated = True

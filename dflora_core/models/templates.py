@@ -22,8 +22,7 @@ class Template:
 
 
 _DBPEDIA = (
-    "Company Education Artist Athlete Office Transportation Building Natural Village "
-    "Animal Plant Album Film Written"
+    "Company Education Artist Athlete Office Transportation Building Natural Village Animal Plant Album Film Written"
 ).split()
 
 MASKED_LM: dict[str, Template] = {
@@ -62,8 +61,6 @@ def get_template(task: str, family: str, words: tuple[str, ...] | None = None) -
     tpl = table[task]
     if words is not None:
         if len(words) != len(tpl.words):
-            raise ConfigError(
-                "verbalizer", f"{len(words)} words given for {task}, which has {len(tpl.words)} classes"
-            )
+            raise ConfigError("verbalizer", f"{len(words)} words given for {task}, which has {len(tpl.words)} classes")
         tpl = Template(tpl.pattern, tuple(words))
     return tpl

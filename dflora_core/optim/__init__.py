@@ -132,9 +132,7 @@ def make_optimizer(
     cls = OPTIMIZERS[key]
     if key == "lotfwa":
         _check_options(key, cls, options, set(shared))
-        n, m = fireworks_shape(
-            popsize, options.pop("n_fireworks", None), options.pop("sparks_per_firework", None)
-        )
+        n, m = fireworks_shape(popsize, options.pop("n_fireworks", None), options.pop("sparks_per_firework", None))
         return LoTFWA(dim, n_fireworks=n, sparks_per_firework=m, **shared, **options)
     if key == "fwa":
         _check_options(key, cls, options, set(shared) | {"sparks"})

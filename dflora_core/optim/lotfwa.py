@@ -76,9 +76,7 @@ def _count(name: str, value: int, minimum: int = 1) -> int:
     return int(value)
 
 
-def _into_bounds(
-    x: np.ndarray, bounds: tuple[np.ndarray, np.ndarray] | None, rng: np.random.Generator
-) -> np.ndarray:
+def _into_bounds(x: np.ndarray, bounds: tuple[np.ndarray, np.ndarray] | None, rng: np.random.Generator) -> np.ndarray:
     """Re-sample out-of-bound coordinates uniformly inside the bounds (S1; [LoT] mapping rule)."""
     if bounds is None:
         return x
@@ -202,9 +200,7 @@ class _FireworksEngine:
         self.sigma = _positive("sigma", sigma)
         # Initial amplitude: U(-A, A) has std A / sqrt(3), so A0 = sqrt(3) * sigma gives the
         # explosion the same per-coordinate std as CMA-ES's initial sigma.
-        self.initial_amplitude = (
-            math.sqrt(3.0) * self.sigma if amplitude is None else _positive("amplitude", amplitude)
-        )
+        self.initial_amplitude = math.sqrt(3.0) * self.sigma if amplitude is None else _positive("amplitude", amplitude)
         self.init_spread = self.initial_amplitude if init_spread is None else float(init_spread)
         if not (math.isfinite(self.init_spread) and self.init_spread >= 0):
             raise ConfigError("init_spread", f"must be >= 0, got {init_spread!r}")
@@ -805,9 +801,7 @@ class RandomSearch:
     def state_dict(self) -> dict[str, Any]:
         return {
             "cls": "RandomSearch",
-            "config": {
-                k: getattr(self, k) for k in ("dim", "sigma", "popsize", "seed", "bounds", "max_evaluations")
-            },
+            "config": {k: getattr(self, k) for k in ("dim", "sigma", "popsize", "seed", "bounds", "max_evaluations")},
             "x0": self._x0.copy(),
             "rng": _rng_state(self._rng),
             "pending": None if self._pending is None else self._pending.copy(),

@@ -85,9 +85,7 @@ def git_commit(cwd: str | Path | None = None) -> dict[str, Any]:
     """The commit of the code that ran, and whether the work tree had uncommitted changes."""
     where = Path(cwd) if cwd else Path(__file__).resolve().parents[2]
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10
-        )
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
             cwd=where,

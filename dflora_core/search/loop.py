@@ -30,6 +30,7 @@ import numpy as np
 from ..config import DFO_LORA_METHODS, RunConfig
 from ..errors import DfloraError
 from ..experiment import EvalResult, Experiment
+from ..lowrank.adapter import LayerAdapter, LowRankAdapter
 from ..lowrank.hidden_stats import hidden_state_stats, projection_scales
 from ..lowrank.patching import LowRankPatch
 from ..lowrank.population import PopulationEvaluator
@@ -75,38 +76,27 @@ class LayerwiseSearch:
         on_generation: Callable[[LayerwiseSearch, Generation], None] | None = None,
         on_eval: Callable[[LayerwiseSearch, dict], None] | None = None,
         optimizer: str | None = None,
+        adapter: LayerAdapter | None = None,
+        train=None,
     ):
         cfg: RunConfig = exp.cfg
         self.exp, self.cfg = exp, cfg
         self.folder = RunFolder(run_dir)
         self.on_generation, self.on_eval = on_generation, on_eval
         self.optimizer_name = optimizer or DFO_LORA_METHODS[cfg.method]
+        self.train = train if train is not None else exp.train  # prompts may be rewritten by the adapter
         lr = cfg.lowrank
-        self.patch = LowRankPatch(exp.loaded.model, lr.targets)
-        self.num_layers = self.patch.num_layers
-        stats = hidden_state_stats(
-            exp.loaded, exp.train, lr.stat_source, lr.clip_rounds, lr.clip_sigma, exp.max_tokens
+        self.layer_stats = hidden_state_stats(
+            exp.loaded, self.train, lr.stat_source, lr.clip_rounds, lr.clip_sigma, exp.max_tokens
         )
-        self.layer_stats = stats
-        self.layer_std = projection_scales(exp.loaded, stats)
-        dims = [{t: (s.in_features, s.out_features) for t, s in layer.items()} for layer in self.patch.sites]
-        self.projection = IntrinsicProjection(
-            dims,
-            lr.rank,
-            lr.intrinsic_dim,
-            lr.projection_init,
-            cfg.seed,
-            self.layer_std,
-            lr.alpha,
-            cfg.optim.sigma,
-            lr.ri_std,
-            exp.loaded.device,
-        )
+        self.layer_std = projection_scales(exp.loaded, self.layer_stats)
+        self.adapter = adapter if adapter is not None else self._lowrank_adapter()
+        self.num_layers = self.adapter.num_layers
         self.evaluator = PopulationEvaluator(
-            exp.loaded, exp.head, self.patch, exp.train, exp.dtype, exp.max_tokens, cfg.search.prefix_reuse
+            exp.loaded, exp.head, self.adapter, self.train, exp.dtype, exp.max_tokens, cfg.search.prefix_reuse
         )
         self.optimizers = [self._make_optimizer(layer) for layer in range(self.num_layers)]
-        d = lr.intrinsic_dim
+        d = self.adapter.dim
         self.z = np.zeros((self.num_layers, d))
         self.z_best_dev = self.z.copy()
         self.current_fitness: float | None = None
@@ -127,6 +117,17 @@ class LayerwiseSearch:
         self._checked_reuse = not cfg.search.prefix_reuse
 
     # -- set-up ----------------------------------------------------------------------------
+    def _lowrank_adapter(self) -> LowRankAdapter:
+        lr, exp = self.cfg.lowrank, self.exp
+        patch = LowRankPatch(exp.loaded.model, lr.targets, lr.layers)
+        dims = [{t: (s.in_features, s.out_features) for t, s in layer.items()} for layer in patch.sites]
+        scales = [self.layer_std[m] for m in patch.model_layers]
+        projection = IntrinsicProjection(
+            dims, lr.rank, lr.intrinsic_dim, lr.projection_init, self.cfg.seed, scales, lr.alpha,
+            self.cfg.optim.sigma, lr.ri_std, exp.loaded.device, model_layers=patch.model_layers,
+        )  # fmt: skip
+        return LowRankAdapter(patch, projection)
+
     def _make_optimizer(self, layer: int):
         op = self.cfg.optim
         options: dict[str, Any] = {}
@@ -136,7 +137,7 @@ class LayerwiseSearch:
             options["sparks_per_firework"] = op.sparks
         return make_optimizer(
             self.optimizer_name,
-            self.cfg.lowrank.intrinsic_dim,
+            self.adapter.dim,
             sigma=op.sigma,
             popsize=op.popsize,
             seed=_seed(self.cfg.seed, 1, layer),
@@ -149,8 +150,8 @@ class LayerwiseSearch:
     def fitness(self, layer: int, X: np.ndarray) -> np.ndarray:
         """Fitness of candidates X [n, d] for ``layer``, other layers as they are; NaN/inf -> +inf."""
         t0 = time.perf_counter()
-        logits = self.evaluator.logits(layer, self.projection.factors(layer, X))
-        f = losses(logits, self.exp.train.labels, self.cfg.search.loss, self.exp.task.metric).double().numpy()
+        logits = self.evaluator.logits(layer, X)
+        f = losses(logits, self.train.labels, self.cfg.search.loss, self.exp.task.metric).double().numpy()
         self.fitness_seconds += time.perf_counter() - t0
         bad = ~np.isfinite(f)
         if bad.any():
@@ -159,14 +160,11 @@ class LayerwiseSearch:
         return f
 
     def _apply(self, layer: int) -> None:
-        z = self.z[layer]
-        self.patch.set_layer(layer, None if not z.any() else self.projection.factors(layer, z))
+        self.adapter.set_z(layer, self.z[layer])
 
     def _apply_all(self, z: np.ndarray) -> None:
         for layer in range(self.num_layers):
-            self.patch.set_layer(
-                layer, None if not z[layer].any() else self.projection.factors(layer, z[layer])
-            )
+            self.adapter.set_z(layer, z[layer])
 
     # -- one generation -----------------------------------------------------------------------
     @property
@@ -180,7 +178,7 @@ class LayerwiseSearch:
     def start(self) -> None:
         """Score the starting point (z = 0) on train (elitist reference) and dev (selection)."""
         if self.current_fitness is None and self.cfg.search.acceptance == "elitist":
-            self.current_fitness = float(self.fitness(0, np.zeros((1, self.cfg.lowrank.intrinsic_dim)))[0])
+            self.current_fitness = float(self.fitness(0, np.zeros((1, self.adapter.dim)))[0])
             self.calls += 1
         if self.best_dev is None and self.cfg.search.select_start:
             self.evaluate_dev()
@@ -257,9 +255,9 @@ class LayerwiseSearch:
             return
         layer = self.num_layers // 2
         gen = np.random.default_rng(0)
-        X = gen.standard_normal((2, self.cfg.lowrank.intrinsic_dim)) * self.cfg.optim.sigma
+        X = gen.standard_normal((2, self.adapter.dim)) * self.cfg.optim.sigma
         atol = 1e-4 if self.exp.dtype is None else 5e-2
-        self.evaluator.verify_prefix_reuse(layer, self.projection.factors(layer, X), atol=atol)
+        self.evaluator.verify_prefix_reuse(layer, X, atol=atol)
 
     # -- dev evaluation and model selection ------------------------------------------------------
     def evaluate_dev(self) -> dict:
@@ -381,5 +379,5 @@ class LayerwiseSearch:
         self.folder.write_json("dev_curve.json", self.dev_curve)
 
     def close(self) -> None:
-        """Remove the patch: the model is bit-identical to before the search."""
-        self.patch.remove()
+        """Undo the adapter: the model is bit-identical to before the search."""
+        self.adapter.remove()
