@@ -265,6 +265,7 @@ def _check(cond: bool, name: str, message: str) -> None:
 
 def validate(cfg: RunConfig, num_layers: int | None = None, model_type: str | None = None) -> RunConfig:
     """Check every value; ``num_layers``/``model_type`` (known before loading weights) enable the model checks."""
+    from . import baselines  # noqa: F401 - registers the peer methods' names
     from .data.tasks import TASKS
     from .lowrank.hidden_stats import SOURCES
     from .lowrank.projection import INITS
