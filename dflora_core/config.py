@@ -86,15 +86,24 @@ class SearchConfig:
 class BaselineConfig:
     """Settings of the peer methods (BBT, gradient LoRA, zeroth order, ICL); unused by the DFO-LoRA methods."""
 
-    lr: float | None = None  # None = the method's own default
-    steps: int | None = None  # optimisation steps for gradient / zeroth-order methods; None = from the budget
-    batch_size: int | None = None  # None = the whole few-shot train set per step
+    lr: float | None = None  # None = the method's own default (docs/baselines.md)
+    steps: int | None = None  # optimisation steps for gradient / zeroth-order methods; None = from search.budget
+    batch_size: int | None = None  # None = the whole few-shot train set per step (a step then costs one "call")
+    budget_match: str = "forward"  # budget -> steps: "forward" (equal forward passes) or "compute" (bwd, jvp = 2 fwd)
+    weight_decay: float = 0.0  # AdamW weight decay (none: few-shot runs are short and dev-selected)
     lora_rank: int = 8  # gradient LoRA: rank 8, alpha 16 on q,v (LoRA paper defaults)
-    lora_alpha: float = 16.0
-    lora_targets: tuple[str, ...] = ("q", "v")
-    prompt_tokens: int = 50  # BBT: 50 prompt vectors (Sun et al. 2022)
-    zo_eps: float = 1e-3  # zeroth-order perturbation scale (MeZO)
-    icl_shots: int = 1  # in-context demonstrations per class, as many as fit the context
+    lora_alpha: float = 16.0  # LoRA paper default (scaling alpha / r = 2)
+    lora_targets: tuple[str, ...] = ("q", "v")  # LoRA paper default (the DFO methods adapt q,k instead)
+    zo_params: str = "lora"  # zeroth-order / forward-gradient methods tune "lora" (as the lora method) or "all"
+    zo_eps: float | None = None  # perturbation scale; None = MeZO's: 1e-2 on LoRA, 1e-3 on all parameters
+    prompt_tokens: int = 50  # BBT/BBTv2: 50 prompt vectors (Sun et al. 2022)
+    prompt_dim: int = 500  # BBT/BBTv2 intrinsic dimension d per layer (Sun et al. 2022)
+    prompt_alpha: float = 1.0  # prompt projection std = alpha std_hat / (sqrt(d) sigma); 1 as in BBT/BBTv2 code
+    prompt_init: str = "vocab"  # p_0: embeddings of random vocabulary tokens (BBT) or "zeros"
+    prompt_layers: tuple[int, ...] | None = None  # BBTv2 layers with a deep prompt (0 = input); None = all (BBTv2)
+    calibration: str = "auto"  # zeroshot-calibrated: auto (best on dev) | cc (contextual) | bias (CE) | threshold
+    icl_shots: int | None = None  # ICL demonstrations per class; None = the whole train split, as many as fit
+    icl_context: int = 1024  # ICL prompt cap in tokens (also the model's positions): CPU cost grows with it
 
 
 @dataclass
@@ -126,6 +135,15 @@ METHODS: dict[str, str] = {
 def register_method(name: str, description: str) -> None:
     """Baselines register their method names here so validation knows them."""
     METHODS[name] = description
+
+
+VALIDATORS: list = []  # extra checks fn(cfg, num_layers, model_type) registered by the baselines
+
+
+def register_validator(fn) -> None:
+    """Baselines check their own settings (raising ConfigError) when ``validate`` runs."""
+    if fn not in VALIDATORS:
+        VALIDATORS.append(fn)
 
 
 # -- dict <-> dataclass ----------------------------------------------------------------
@@ -337,4 +355,6 @@ def validate(cfg: RunConfig, num_layers: int | None = None, model_type: str | No
                 "model.name",
                 f"architecture {model_type!r} is not in the low-rank patching table ({sorted(set(ARCHS))})",
             )
+    for check in VALIDATORS:
+        check(cfg, num_layers, model_type)
     return cfg

@@ -1,0 +1,371 @@
+"""What the peer methods share: registration, validation, budget accounting and the step loop.
+
+Budget accounting (docs/baselines.md). The common currency is the paper's "API call", one
+fitness evaluation = one forward pass over the whole few-shot train set (N examples). A
+method that takes steps on batches of B examples is given
+
+    steps = floor(search.budget * N / (B * cost_per_step))
+
+where ``cost_per_step`` counts forward passes per step (``budget_match="forward"``, the
+default: ZO-SGD = 2, gradient = 1, forward gradient = 1) or forward-pass equivalents of
+compute (``"compute"``: a backward or a Jacobian-vector product counts as 2 forwards, so a
+gradient step = 3, forward gradient = 2). ``baseline.steps`` overrides the mapping. Dev
+evaluations are not charged, as in the DFO loop, and happen every ``search.eval_every``
+calls of spent budget. ``forward_passes``/``backward_passes`` in the records count example
+sequences pushed through the model during the search (dev/test scoring excluded), the same
+unit as the DFO methods' ``forward_passes``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ..config import RunConfig, register_method, register_validator
+from ..errors import ConfigError, DfloraError
+from ..experiment import Experiment
+from ..metrics import losses
+from ..models.scoring import EncodedSet, autocast
+from ..results.record import RunFolder
+from ..runner import register_runner
+
+BASELINE_METHODS: dict[str, str] = {}  # method -> family module (for docs and compare)
+
+# per step and per example of the batch: (forward passes, backward passes, jvp passes)
+STEP_COST = {
+    "lora": (1, 1, 0),
+    "ft": (1, 1, 0),
+    "zo-sgd": (2, 0, 0),
+    "zo-sgd-sign": (2, 0, 0),
+    "zo-adam": (2, 0, 0),
+    "forward-grad": (1, 0, 1),  # the jvp is the forward pass, carrying a tangent
+}
+BACKWARD_COST = 2.0  # forward-pass equivalents of one backward pass ("compute" matching)
+JVP_EXTRA_COST = 1.0  # a jvp = its forward + about one more forward for the tangent
+
+CALIBRATIONS = ("auto", "none", "cc", "bias", "threshold")
+PROMPT_INITS = ("vocab", "zeros")
+
+
+def register(name: str, description: str, runner, family: str) -> None:
+    register_method(name, description)
+    register_runner(name, runner)
+    BASELINE_METHODS[name] = family
+
+
+# -- validation ---------------------------------------------------------------------------------
+def _check(cond: bool, name: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(name, message)
+
+
+def check_baseline(cfg: RunConfig, num_layers: int | None = None, model_type: str | None = None) -> None:
+    """Every baseline.* value, plus the method-specific rules (a ConfigError names the field)."""
+    b = cfg.baseline
+    _check(b.lr is None or (b.lr > 0 and math.isfinite(b.lr)), "baseline.lr", f"must be > 0 or empty, got {b.lr}")
+    _check(b.steps is None or b.steps >= 1, "baseline.steps", f"must be >= 1 or empty, got {b.steps}")
+    _check(b.batch_size is None or b.batch_size >= 1, "baseline.batch_size", "must be >= 1 or empty")
+    _check(b.budget_match in ("forward", "compute"), "baseline.budget_match", "must be forward or compute")
+    _check(b.weight_decay >= 0, "baseline.weight_decay", f"must be >= 0, got {b.weight_decay}")
+    _check(b.lora_rank >= 1, "baseline.lora_rank", f"must be >= 1, got {b.lora_rank}")
+    _check(b.lora_alpha > 0, "baseline.lora_alpha", f"must be > 0, got {b.lora_alpha}")
+    bad = [t for t in b.lora_targets if t not in ("q", "k", "v", "o")]
+    _check(bool(b.lora_targets) and not bad, "baseline.lora_targets", f"choose from q, k, v, o (got {b.lora_targets})")
+    _check(len(set(b.lora_targets)) == len(b.lora_targets), "baseline.lora_targets", "repeated target")
+    _check(b.zo_params in ("lora", "all"), "baseline.zo_params", f"must be lora or all, got {b.zo_params!r}")
+    _check(b.zo_eps is None or b.zo_eps > 0, "baseline.zo_eps", f"must be > 0 or empty, got {b.zo_eps}")
+    _check(b.prompt_tokens >= 1, "baseline.prompt_tokens", f"must be >= 1, got {b.prompt_tokens}")
+    _check(b.prompt_dim >= 1, "baseline.prompt_dim", f"must be >= 1, got {b.prompt_dim}")
+    _check(b.prompt_alpha > 0 and math.isfinite(b.prompt_alpha), "baseline.prompt_alpha", "must be > 0")
+    _check(b.prompt_init in PROMPT_INITS, "baseline.prompt_init", f"choose from {PROMPT_INITS}")
+    _check(b.calibration in CALIBRATIONS, "baseline.calibration", f"choose from {CALIBRATIONS}")
+    _check(b.icl_shots is None or b.icl_shots >= 1, "baseline.icl_shots", "must be >= 1 or empty (= all)")
+    _check(b.icl_context >= 16, "baseline.icl_context", f"must be >= 16 tokens, got {b.icl_context}")
+    if b.prompt_layers is not None:
+        _check(len(b.prompt_layers) >= 1, "baseline.prompt_layers", "name at least one layer or leave empty")
+        if num_layers:
+            out = [i for i in b.prompt_layers if not -num_layers <= i < num_layers]
+            _check(not out, "baseline.prompt_layers", f"{out} out of range for a model with {num_layers} layers")
+            uniq = {i % num_layers for i in b.prompt_layers}
+            _check(len(uniq) == len(b.prompt_layers), "baseline.prompt_layers", "repeated layer")
+    if cfg.method in STEP_COST:
+        _check(cfg.search.loss != "neg_metric" or cfg.method.startswith("zo-"), "search.loss",
+               f"{cfg.method} needs a differentiable loss: ce or hinge")  # fmt: skip
+    if cfg.method == "bbtv2" and num_layers:
+        adapted = num_layers if b.prompt_layers is None else len(b.prompt_layers)
+        one_round = cfg.optim.popsize * adapted
+        _check(cfg.search.budget >= one_round, "search.budget",
+               f"{cfg.search.budget} calls is less than one round of bbtv2 over {adapted} layers "
+               f"(popsize {cfg.optim.popsize} x {adapted} = {one_round})")  # fmt: skip
+
+
+register_validator(check_baseline)
+
+
+# -- budgets ----------------------------------------------------------------------------------------
+@dataclass
+class BudgetPlan:
+    """How a budget of fitness evaluations becomes steps for a step-based method."""
+
+    method: str
+    budget_calls: int  # search.budget
+    match: str  # forward | compute
+    train_size: int  # N: one call = one forward over these examples
+    batch_size: int  # B: examples per step
+    forwards_per_step: int  # per example of the batch
+    backwards_per_step: int
+    jvps_per_step: int
+    cost_per_step: float  # in calls (fitness-evaluation equivalents)
+    steps: int
+    steps_from: str  # "budget" or "baseline.steps"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def step_cost(method: str, match: str) -> float:
+    """Forward-pass equivalents per example of one step."""
+    f, b, j = STEP_COST[method]
+    if match == "forward":
+        return float(f)
+    return f + BACKWARD_COST * b + JVP_EXTRA_COST * j
+
+
+def plan_budget(cfg: RunConfig, train_size: int) -> BudgetPlan:
+    b = cfg.baseline
+    batch = min(b.batch_size or train_size, train_size)
+    per_example = step_cost(cfg.method, b.budget_match)
+    cost = per_example * batch / train_size
+    f, bw, j = STEP_COST[cfg.method]
+    if b.steps is not None:
+        steps, source = b.steps, "baseline.steps"
+    else:
+        steps, source = max(1, int(math.floor(cfg.search.budget / cost + 1e-9))), "budget"
+    return BudgetPlan(cfg.method, cfg.search.budget, b.budget_match, train_size, batch, f, bw, j, cost, steps, source)
+
+
+# -- encoded sets -------------------------------------------------------------------------------------
+def subset(data: EncodedSet, index) -> EncodedSet:
+    """The examples ``index`` of an encoded set (labels follow)."""
+    idx = [int(i) for i in index]
+    return EncodedSet([data.ids[i] for i in idx], [data.positions[i] for i in idx], data.labels[idx], data.pad_id, 0)
+
+
+def max_positions(model) -> int | None:
+    cfg = model.config
+    n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    if n is None:
+        return None
+    if getattr(cfg, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        n -= 2  # RoBERTa's positions start after the padding index
+    return int(n)
+
+
+def leading_specials(tokenizer) -> int:
+    """Number of special tokens the tokenizer puts before the text (<s> for RoBERTa, 0 for SmolLM2)."""
+    with_sp = tokenizer("great movie").input_ids
+    plain = tokenizer("great movie", add_special_tokens=False).input_ids
+    for lead in range(len(with_sp) - len(plain) + 1):
+        if with_sp[lead : lead + len(plain)] == plain:
+            return lead
+    return 0
+
+
+# -- differentiable scoring -------------------------------------------------------------------------
+def batch_loss_terms(exp: Experiment, data: EncodedSet, loss_fn: Callable, head=None):
+    """Yield (chunk weight, loss of the chunk) over the token-budget chunks of ``data`` (grad enabled).
+
+    The chunk losses are means; weights (chunk size / N) make their weighted sum the loss of the set.
+    """
+    loaded = exp.loaded
+    n = len(data)
+    for batch in data.batches(exp.max_tokens, loaded.device):
+        with autocast(loaded.device, exp.dtype):
+            hidden = loaded.model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            hidden = hidden.last_hidden_state
+            picked = hidden[torch.arange(len(batch.positions), device=hidden.device), batch.positions]
+            logits = (head or exp.head)(picked).float()
+        yield len(batch.index) / n, loss_fn(logits, data.labels[batch.index.cpu()].to(logits.device))
+
+
+def make_loss(kind: str, metric: str = "accuracy") -> Callable:
+    """Mean loss over a [n, C] logits block (the fitness of the DFO methods, differentiable for ce/hinge)."""
+
+    def fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return losses(logits.unsqueeze(0), labels, kind, metric)[0]
+
+    return fn
+
+
+# -- the step loop -------------------------------------------------------------------------------------
+class StepMethod:
+    """One method that takes steps on the trainable tensors (gradient, zeroth order, forward gradient).
+
+    Subclasses implement ``step(batch: EncodedSet) -> float`` (the train loss seen) and keep
+    their own optimizer state in ``opt_state()`` / ``load_opt_state``.
+    """
+
+    def __init__(self, exp: Experiment, params: dict[str, torch.Tensor], lr: float):
+        self.exp, self.params, self.lr = exp, params, lr
+        self.forward_rows = 0
+        self.backward_rows = 0
+        self.jvp_rows = 0
+
+    def step(self, batch: EncodedSet, step: int) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def opt_state(self) -> dict:
+        return {}
+
+    def load_opt_state(self, state: dict) -> None:
+        pass
+
+    def refresh(self) -> None:
+        """Called before dev/test scoring (full fine-tuning rebuilds the verbalizer head)."""
+
+
+CHECKPOINT_MAX_NUMEL = 50_000_000  # checkpoint trainable tensors up to 200 MB (fp32); full FT restarts instead
+
+
+def snapshot(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in params.items()}
+
+
+def restore(params: dict[str, torch.Tensor], snap: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for k, v in params.items():
+            v.copy_(snap[k].to(v.device))
+
+
+def run_steps(method: StepMethod, exp: Experiment, folder: RunFolder, resume: bool, callbacks: dict) -> dict:
+    """Take the planned steps with dev-based model selection; leaves the best-dev state installed."""
+    cfg = exp.cfg
+    plan = plan_budget(cfg, len(exp.train))
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 7]))
+    numel = sum(p.numel() for p in method.params.values())
+    state = {
+        "step": 0,
+        "calls": 0.0,
+        "next_eval": float(cfg.search.eval_every),
+        "best_dev": None,
+        "best_step": None,
+        "dev_curve": [],
+        "history": [],
+        "order": [],
+        "seconds": 0.0,
+    }
+    best = None
+    ckpt = folder.load_checkpoint() if resume else None
+    if ckpt is not None and ckpt.get("kind") == "steps" and ckpt.get("plan") == plan.as_dict():
+        restore(method.params, ckpt["params"])
+        method.load_opt_state(ckpt["opt"])
+        method.forward_rows, method.backward_rows, method.jvp_rows = ckpt["rows"]
+        rng.bit_generator.state = ckpt["rng"]
+        state, best = ckpt["state"], ckpt["best"]
+
+    def evaluate_dev() -> None:
+        nonlocal best
+        method.refresh()
+        res = exp.evaluate(exp.dev)
+        row = {"calls": state["calls"], "step": state["step"], **res.as_dict(), "selected": False}
+        cur = state["best_dev"]
+        if cur is None or (res.value, -res.loss) > (cur["value"], -cur["loss"]):
+            row["selected"] = True
+            state["best_dev"], state["best_step"] = dict(row), state["step"]
+            best = snapshot(method.params)
+        state["dev_curve"].append(row)
+        if callbacks.get("on_eval"):
+            callbacks["on_eval"](method, row)
+
+    def save() -> None:
+        if folder.path is None or numel > CHECKPOINT_MAX_NUMEL:
+            return
+        folder.save_checkpoint({
+            "kind": "steps", "plan": plan.as_dict(), "params": snapshot(method.params), "opt": method.opt_state(),
+            "rows": (method.forward_rows, method.backward_rows, method.jvp_rows), "rng": rng.bit_generator.state,
+            "state": copy.deepcopy(state), "best": best,
+        })  # fmt: skip
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=plan.steps, initial=state["step"], disable=not cfg.progress, unit="step", desc=cfg.method)
+    try:
+        if state["step"] == 0 and not state["dev_curve"] and cfg.search.select_start:
+            evaluate_dev()
+        while state["step"] < plan.steps:
+            if not state["order"]:
+                perm = rng.permutation(len(exp.train))
+                state["order"] = perm.tolist()
+            take, state["order"] = state["order"][: plan.batch_size], state["order"][plan.batch_size :]
+            if len(take) < plan.batch_size:  # epoch boundary: top up from a fresh permutation
+                perm = rng.permutation(len(exp.train)).tolist()
+                perm = [i for i in perm if i not in take]
+                need = plan.batch_size - len(take)
+                take, state["order"] = take + perm[:need], perm[need:]
+            t0 = time.perf_counter()
+            loss = method.step(subset(exp.train, take), state["step"])
+            state["seconds"] += time.perf_counter() - t0
+            state["step"] += 1
+            state["calls"] += plan.cost_per_step
+            state["history"].append({"step": state["step"], "calls": state["calls"], "loss": loss})
+            if not math.isfinite(loss):
+                raise DfloraError(f"{cfg.method}: the train loss became {loss} at step {state['step']}; lower the lr")
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            evaluated = False
+            while state["calls"] >= state["next_eval"] - 1e-9:
+                state["next_eval"] += cfg.search.eval_every
+                if not evaluated:
+                    evaluate_dev()
+                    evaluated = True
+                    save()
+            if cfg.search.patience and state["best_dev"] is not None:
+                if state["calls"] - state["best_dev"]["calls"] >= cfg.search.patience:
+                    break
+        if not state["dev_curve"] or state["dev_curve"][-1]["step"] != state["step"]:
+            evaluate_dev()  # the final state is a selection candidate too
+    finally:
+        bar.close()
+    save()
+    if best is not None:
+        restore(method.params, best)
+    method.refresh()
+    folder.write_json("dev_curve.json", state["dev_curve"])
+    folder.write_json("history.json", state["history"])
+    stopped = "budget" if state["step"] >= plan.steps else "patience"
+    selected_start = state["best_step"] == 0
+    return {
+        "calls": state["calls"],
+        "steps": state["step"],
+        "stopped": stopped,
+        "budget_plan": plan.as_dict(),
+        "best_dev": state["best_dev"],
+        "best_step": state["best_step"],
+        "selected_start": selected_start,
+        "forward_passes": method.forward_rows,
+        "backward_passes": method.backward_rows,
+        "jvp_passes": method.jvp_rows,
+        "fitness_seconds": state["seconds"],
+        "final_train_loss": state["history"][-1]["loss"] if state["history"] else None,
+        "dev_curve": state["dev_curve"],
+    }
+
+
+@contextlib.contextmanager
+def no_grad_params(params: dict[str, torch.Tensor]):
+    """Trainable tensors without autograd tracking (zeroth-order updates in place)."""
+    flags = {k: p.requires_grad for k, p in params.items()}
+    try:
+        for p in params.values():
+            p.requires_grad_(False)
+        yield
+    finally:
+        for k, p in params.items():
+            p.requires_grad_(flags[k])

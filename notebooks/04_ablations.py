@@ -1,0 +1,136 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · The main comparison and the ablations
+#
+# **Main comparison.** Every method of the profile on every task and seed, with the same
+# split, prompts, budget and test set (zero-shot = the manual prompt, no tuning). Peers
+# (`main.peers`, e.g. the calibrated zero-shot baseline) run when their implementation is
+# registered.
+#
+# **Ablations**, one factor at a time around one base configuration (the profile's
+# `ablations.run`), each over the profile's seeds:
+#
+# | study | varied | the paper's |
+# |---|---|---|
+# | rank | $r \in \{1, 2, 4, 8, 16\}$: $\Delta W = AB$ with $A \in \mathbb R^{h\times r}$ | Figure 4 |
+# | intrinsic dimension | $d$, the length of each layer's $z$ (rounded to a multiple of the factor count) | Figure 3 |
+# | initialisation | RI vs RIL maps (notebook 02), with and without optimisation | Table 4 |
+# | target matrices | which of $W_q, W_k, W_v$ get an update | Table 6 |
+# | optimizer | CMA-ES (C-LoRA), LoTFWA (F-LoRA), random search | |
+#
+# "Without optimisation" evaluates random intrinsic vectors from the optimizer's starting
+# distribution, $z_l \sim \mathcal N(0, \sigma^2 I)$ for every layer, on the test set: what
+# the initialisation alone does to the model, before any search.
+#
+# Every run is recorded under the runs root; a run that is already recorded is read back,
+# an interrupted one resumes from its checkpoint. Notebook 05 rebuilds all tables and
+# figures from these records without training.
+
+# %%
+# ruff: noqa: E402 - the imports follow the parameter validation on purpose
+from dflora_core.notebook_params import ParameterGuard
+
+_guard = ParameterGuard(globals())
+
+# %% tags=["parameters"]
+profile: str = "quick"  # a profile in configs/ (smoke, quick, paper) or a path to a profile YAML
+interactive: bool = True  # progress bars; False runs headless with the same computations
+runs_root: str = ""  # where runs are recorded; empty means the profile's runs_root
+figures_dir: str = ""  # where figures and tables are written; empty means the profile's figures_dir
+studies_to_run: str = ""  # comma-separated: main, rank, intrinsic_dim, init, targets, optimizer; empty: all
+
+# %%
+params = _guard.validate(globals())
+
+from IPython.display import Markdown, display
+
+from dflora_core import live, plotting, studies
+from dflora_core.errors import ConfigError
+from dflora_core.notebook_params import open_profile
+
+prof = open_profile(params)
+root, figdir = prof.path("runs_root"), prof.path("figures_dir")
+chosen = [s.strip() for s in params.studies_to_run.split(",") if s.strip()] or ["main", *studies.STUDIES]
+bad = [s for s in chosen if s not in ("main", *studies.STUDIES)]
+if bad:
+    raise ConfigError("studies_to_run", f"unknown {bad}; choose from main, {', '.join(studies.STUDIES)}")
+plan_main = studies.main_plan(prof) if "main" in chosen else []
+plan_abl = studies.ablation_plan(prof, [s for s in chosen if s != "main"])
+peers, missing = studies.registered_peers(prof)
+if missing:
+    print(f"peers not registered (skipped): {', '.join(missing)}")
+todo = studies.unique_runs(plan_main + plan_abl)
+fresh = [p for p in todo if not studies.is_recorded(root, p.cfg)]
+print(f"{len(todo)} distinct runs, {len(todo) - len(fresh)} already recorded, {len(fresh)} to run")
+b = prof.ablation_base
+print(
+    f"ablation base: {b.method}, layers {b.lowrank.layers or 'all'}, targets {','.join(b.lowrank.targets)}, "
+    f"r={b.lowrank.rank}, d={b.lowrank.intrinsic_dim}, init {b.lowrank.projection_init}, popsize {b.optim.popsize}, "
+    f"budget {b.search.budget} calls, seeds {list(prof.ablations.seeds)}"
+)
+
+# %% [markdown]
+# ## Run (or read back) every planned run
+
+# %%
+progress = live.GridProgress(params.interactive)
+records = studies.run_plan(plan_main + plan_abl, root, progress)
+progress.close()
+noopt = studies.init_without_optimisation(prof, root, progress=print) if "init" in chosen else []
+
+# %% [markdown]
+# ## Main comparison
+#
+# Test metric $\times 100$, mean (std) over seeds.
+
+# %%
+all_records = studies.profile_records(prof)
+table, counts = studies.main_table(prof, all_records)
+display(table)
+studies.write_table(
+    table, figdir, "table_main", f"Main comparison ({prof.label}): test metric x 100, mean (std) over seeds."
+)
+
+# %% [markdown]
+# ## Ablation tables
+#
+# `vs zero-shot` is the test metric minus the zero-shot score (points); `final train CE`
+# the train loss of the final configuration (low values with no test gain: over-fitting).
+
+# %%
+frame = studies.study_frame(plan_abl, records)
+for study in [s for s in studies.STUDIES if s in chosen]:
+    if study == "init":
+        t = studies.init_table(frame, noopt)
+        title = "Initialisation (the paper's Table 4): test metric x 100, mean (std) over seeds"
+    else:
+        t = studies.study_table(frame, study)
+        title = f"Ablation: {studies.STUDY_TITLES[study]}: test metric x 100, mean (std) over seeds"
+    display(Markdown(f"**{title}**"))
+    display(t)
+    studies.write_table(t, figdir, f"table_{study}", f"{title} ({prof.label}).")
+
+# %% [markdown]
+# ## Subspace dimension and rank
+
+# %%
+for study, fn, name in (
+    ("intrinsic_dim", plotting.dimension_figure, "subspace_dimension"),
+    ("rank", plotting.rank_figure, "rank"),
+):
+    if study in chosen:
+        fig = fn(frame, records, prof.name)
+        plotting.save(fig, figdir, name, prof.figures.formats, prof.figures.dpi)
+        display(fig)

@@ -1,0 +1,150 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · Every figure and table, from recorded results only
+#
+# Nothing here trains or loads a model: every figure and table is rebuilt from the records
+# under the runs root (run records with their history and dev curves, and the analyses of
+# notebooks 01 and 02). Delete `figures/` and run this notebook to get them back; change a
+# plot here without rerunning anything.
+#
+# | file | what | the paper's |
+# |---|---|---|
+# | `table_main` | test metric, methods x tasks, mean (std) over seeds; peers with records included | Tables 1-2 |
+# | `table_cost` | time, calls, forward/backward passes, peak memory per method | Table 3 |
+# | `subspace_dimension`, `table_intrinsic_dim` | test metric against $d$ | Figure 3 |
+# | `rank`, `table_rank` | test metric against $r$ | Figure 4 |
+# | `table_init` | RI vs RIL, with and without optimisation | Table 4 |
+# | `table_targets` | which attention matrices are adapted | Table 6 |
+# | `table_optimizer`, `convergence_optimizer` | CMA-ES vs LoTFWA vs random search | |
+# | `convergence` | train fitness and dev metric against calls, main runs | |
+# | `main_comparison` | the main table as bars | |
+# | `hidden_state_stats`, `projection_scale` | notebooks 01 and 02 | |
+#
+# Figures are written as PDF and PNG with fixed metadata: the same records give the same bytes.
+
+# %%
+# ruff: noqa: E402 - the imports follow the parameter validation on purpose
+from dflora_core.notebook_params import ParameterGuard
+
+_guard = ParameterGuard(globals())
+
+# %% tags=["parameters"]
+profile: str = "quick"  # a profile in configs/ (smoke, quick, paper) or a path to a profile YAML
+interactive: bool = True  # no widgets here; kept so every notebook takes the same parameters
+runs_root: str = ""  # where the records are read from; empty means the profile's runs_root
+figures_dir: str = ""  # where figures and tables are written; empty means the profile's figures_dir
+
+# %%
+params = _guard.validate(globals())
+
+from IPython.display import Markdown, display
+
+from dflora_core import plotting, studies
+from dflora_core.notebook_params import open_profile
+
+prof = open_profile(params)
+root, figdir = prof.path("runs_root"), prof.path("figures_dir")
+fmt = {"formats": prof.figures.formats, "dpi": prof.figures.dpi}
+records = studies.profile_records(prof)
+print(f"{len(records)} records under {root}")
+written = []
+
+
+def save(fig, name):
+    written.extend(plotting.save(fig, figdir, name, **fmt))
+    display(fig)
+
+
+def table(t, name, caption):
+    written.extend(studies.write_table(t, figdir, name, f"{caption} ({prof.label})."))
+    display(Markdown(f"**{caption}**"))
+    display(t)
+
+
+# %% [markdown]
+# ## Main comparison and cost (Tables 1-3)
+
+# %%
+main, counts = studies.main_table(prof, records)
+table(main, "table_main", "Main comparison: test metric x 100, mean (std) over seeds")
+cost = studies.cost_table(prof, records)
+table(
+    cost,
+    "table_cost",
+    "Memory and time per method (peak memory: the notebook kernel's peak RSS on CPU, CUDA max allocated on GPU)",
+)
+missing = studies.missing_runs(studies.main_plan(prof), records)
+if missing:
+    print(
+        f"{len(missing)} planned main runs have no record yet (run notebook 04): "
+        + "; ".join(p.describe() for p in missing[:5])
+    )
+
+# %%
+save(plotting.main_comparison_figure(studies.main_records(prof, records), prof.name), "main_comparison")
+
+# %% [markdown]
+# ## Convergence
+#
+# The train loss of the whole configuration (elitist acceptance: it only goes down) and the
+# dev metric against fitness evaluations, for the layer-wise runs of the main grid.
+
+# %%
+idx = studies.index_records(records)
+dfo_main = [idx[p.key] for p in studies.main_plan(prof) if p.key in idx and p.cfg.method in studies.DFO_LORA_METHODS]
+save(plotting.convergence_figure(dfo_main, prof.name, "convergence: main runs"), "convergence")
+plan_opt = studies.ablation_plan(prof, ["optimizer"])
+opt_recs = [idx[p.key] for p in plan_opt if p.key in idx]
+save(
+    plotting.convergence_figure(opt_recs, prof.name, "convergence: per-layer optimizer (ablation)"),
+    "convergence_optimizer",
+)
+
+# %% [markdown]
+# ## Ablations (Figures 3, 4 and Tables 4, 6)
+
+# %%
+plan_abl = studies.ablation_plan(prof)
+frame = studies.study_frame(plan_abl, records)
+save(plotting.dimension_figure(frame, records, prof.name), "subspace_dimension")
+save(plotting.rank_figure(frame, records, prof.name), "rank")
+noopt = studies.noopt_records(prof, records)
+table(studies.init_table(frame, noopt), "table_init", "Initialisation (the paper's Table 4): test metric x 100")
+for study in ("rank", "intrinsic_dim", "targets", "optimizer"):
+    table(
+        studies.study_table(frame, study),
+        f"table_{study}",
+        f"Ablation: {studies.STUDY_TITLES[study]}: test metric x 100, mean (std) over seeds",
+    )
+
+# %% [markdown]
+# ## The analyses of notebooks 01 and 02
+
+# %%
+stats = studies.load_analysis(root, "hidden_stats")
+if stats:
+    save(plotting.hidden_stats_figure(stats), "hidden_state_stats")
+proj = studies.load_analysis(root, "projection")
+if proj:
+    save(plotting.projection_figure(proj), "projection_scale")
+for m in prof.training.methods:
+    p = [x for x in studies.training_plan(prof) if x.cfg.method == m][0]
+    if p.key in idx:
+        save(plotting.record_training_figure(idx[p.key], prof.name), f"training_{m}")
+
+# %%
+print(f"{len(written)} files written to {figdir}:")
+for p in written:
+    print("  ", p.name)

@@ -1,0 +1,150 @@
+"""The benchmark harness on tiny models: rows, fields, fidelity of the exact strategies (no timed assertions)."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from dflora_core import bench
+from dflora_core.cli import main
+from dflora_core.lowrank.patching import LowRankWrapper
+
+ROW_FIELDS = (
+    "model",
+    "strategy",
+    "device",
+    "dtype",
+    "evals_per_s",
+    "ratio_vs_reference",
+    "spearman_vs_fp32",
+    "same_best",
+    "peak_mem_bytes",
+)
+EXACT = ("reference", "population", "trim", "scored-head", "prefix-reuse")  # fp32: must rank like fp32
+
+
+def test_spearman():
+    assert bench.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert bench.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert bench.spearman([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)  # tied ranks averaged
+    fid = bench.fidelity([0.3, 0.1, 0.2], [0.31, 0.11, 0.2])
+    assert fid["same_best"] and fid["spearman_vs_fp32"] == pytest.approx(1.0)
+    assert fid["max_abs_fitness_diff"] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-roberta", "gpt2-tiny-shape"])
+def test_exact_strategies_rank_like_fp32(model):
+    s = bench.make_setup(model, "cpu", population=6, max_tokens=128, n_examples=8, mean_tokens=12, shots=4)
+    model_obj = s.loaded.model
+    before = {k: v.clone() for k, v in model_obj.state_dict().items()}
+    try:
+        rows, extra = bench.run_speed(s, [*EXACT, "bf16"], reps=1, log=lambda *a: None, gemm_seconds=0.05)
+        # the benchmark leaves the model as it found it (every layer back at z = 0)
+        assert all(torch.equal(before[k], v) for k, v in model_obj.state_dict().items())
+        assert all(s.adapter.get(i) is None for i in range(s.adapter.num_layers))
+    finally:
+        s.adapter.remove()
+    by = {r.strategy: r for r in rows}
+    assert list(by) == [*EXACT, "bf16"]
+    assert set(extra["gemm_gflops"]) >= {"float32", "bfloat16"}
+    for name in EXACT:
+        r = by[name]
+        assert r.error is None, r.error
+        assert r.evals_per_s > 0 and r.reps == 1 and len(r.fitness) == 6
+        assert r.same_best and r.spearman_vs_fp32 >= 0.99
+        assert r.max_abs_fitness_diff < 1e-4  # padding, head and prefix reuse change nothing in fp32
+        assert r.layer_tokens_per_eval > 0 and r.gflop_per_eval > 0
+    assert by["reference"].ratio_vs_reference == pytest.approx(1.0)
+    # each optimisation removes work: trimmed padding, no vocabulary projection, no prefix layers
+    assert by["trim"].layer_tokens_per_eval <= by["population"].layer_tokens_per_eval
+    assert by["scored-head"].gflop_per_eval < by["trim"].gflop_per_eval
+    assert by["prefix-reuse"].layer_tokens_per_eval < by["scored-head"].layer_tokens_per_eval
+    assert by["prefix-reuse"].prefix_reuse_exact is True
+    assert by["bf16"].max_abs_fitness_diff < 0.5  # reduced precision: close, ranking not asserted on random weights
+    assert sum(r.fastest_faithful for r in rows) == 1
+    assert not any(isinstance(m, LowRankWrapper) for m in model_obj.modules())
+
+
+def test_speed_cli_writes_json_rows(tmp_path):
+    out = tmp_path / "speed.json"
+    rc = main(
+        ["bench", "speed", "--model", "tiny-gpt2", "--device", "cpu", "--shots", "4", "--reps", "1", "--popsize", "4",
+         "--strategies", "reference,population,prefix-reuse", "--out", str(out), "--quiet"]
+    )  # fmt: skip
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert doc["mode"] == "speed" and doc["command"].startswith("dflora ")
+    assert doc["versions"]["torch"] and doc["machine"]["cpu_count"]
+    assert [r["strategy"] for r in doc["rows"]] == ["reference", "population", "prefix-reuse"]
+    for r in doc["rows"]:
+        for f in ROW_FIELDS:
+            assert f in r, f
+        assert r["evals_per_s"] > 0 and r["peak_mem_bytes"] > 0
+        assert r["versions"]["torch"] and r["command"] == doc["command"] and r["machine"]
+    assert doc["models"]["tiny-gpt2"]["population"] == 4
+
+
+def test_table_and_unknown_strategy(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    main(["bench", "speed", "--model", "tiny-llama", "--device", "cpu", "--shots", "4", "--reps", "1", "--popsize", "3",
+          "--strategies", "reference,prefix-reuse", "--out", str(out), "--quiet"])  # fmt: skip
+    capsys.readouterr()
+    assert main(["bench", "table", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| tiny-llama | reference |" in text and "prefix-reuse" in text
+    assert main(["bench", "speed", "--model", "tiny-llama", "--device", "cpu", "--strategies", "warp-drive"]) == 2
+
+
+def test_fidelity_rows():
+    s = bench.make_setup("tiny-llama", "cpu", population=5, max_tokens=256, shots=4)
+    try:
+        rows = bench.run_fidelity(s, [0, -1], ("bfloat16",), log=lambda *a: None)
+    finally:
+        s.adapter.remove()
+    assert [(r["model_layer"], r["dtype"]) for r in rows] == [(0, "bfloat16"), (2, "bfloat16")]
+    for r in rows:
+        assert {"spearman_vs_fp32", "same_best", "max_abs_fitness_diff", "fp32_fitness_spread", "faithful"} <= set(r)
+
+
+def test_sweep_cli(tmp_path):
+    out = tmp_path / "sweep.json"
+    rc = main(["bench", "sweep", "--model", "tiny-llama", "--device", "cpu", "--shots", "4", "--reps", "1", "--popsize", "3",
+               "--max-tokens", "128,512", "--strategies", "prefix-reuse", "--out", str(out), "--quiet"])  # fmt: skip
+    assert rc == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["strategy"] for r in rows] == ["prefix-reuse@128", "prefix-reuse@512"]
+    assert [r["max_tokens"] for r in rows] == [128, 512]
+    assert all(r["same_best"] for r in rows) and rows[0]["ratio_vs_reference"] == pytest.approx(1.0)
+    assert rows[0]["reference_strategy"] == "prefix-reuse@128"
+
+
+def test_memory_worker_in_process():
+    base = dict(model="gpt2-tiny-shape", device="cpu", batch=2, seq=16, dtype="float32", population=3,
+                max_tokens=64, steps=1, threads=None)  # fmt: skip
+    for config in bench.MEMORY_CONFIGS:
+        row = bench.memory_worker(SimpleNamespace(config=config, **base))
+        assert row["config"] == config and row["peak_mem_bytes"] > 0 and row["batch"] == 2
+
+
+@pytest.mark.slow
+def test_memory_subprocesses(tmp_path):
+    out = tmp_path / "mem.json"
+    rc = main(["bench", "memory", "--model", "gpt2-tiny-shape", "--device", "cpu", "--batch", "2", "--seq", "16",
+               "--configs", "clora-one,lora-adamw", "--steps", "1", "--out", str(out), "--quiet"])  # fmt: skip
+    assert rc == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["config"] for r in rows] == ["clora-one", "lora-adamw"]
+    assert all("error" not in r for r in rows), rows
+    assert rows[1]["ratio_vs_lora"] == pytest.approx(1.0) and rows[0]["ratio_vs_lora"] > 0
+
+
+def test_synthetic_prompts_are_scored_where_the_family_scores():
+    s = bench.make_setup("roberta-tiny-shape", "cpu", population=2, n_examples=5, mean_tokens=10)
+    try:
+        for ids, p in zip(s.data.ids, s.data.positions, strict=True):
+            assert ids[p] == bench.ROBERTA_MASK_ID and ids[0] == 0 and ids[-1] == 2
+        assert np.all(s.data.lengths >= 4)
+    finally:
+        s.adapter.remove()

@@ -1,0 +1,96 @@
+"""`dflora compare`: the grid of methods x tasks x seeds and the main table, on tiny models."""
+
+import pandas as pd
+import pytest
+import torch
+
+from dflora_core.errors import ConfigError, DfloraError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+COMMON = ["model.device=cpu", "search.eval_every=4", "optim.popsize=4", "baseline.prompt_dim=8",
+          "baseline.prompt_tokens=3", "lowrank.intrinsic_dim=8"]  # fmt: skip
+
+
+def test_parse_sets_and_build_configs():
+    from dflora_core.compare import build_configs, parse_sets
+
+    common, per = parse_sets(["search.budget=40", "c-lora:lowrank.layers=[-2,-1]", "bbt:baseline.lr=none"])
+    assert common == {"search.budget": 40} and per == {
+        "c-lora": {"lowrank.layers": [-2, -1]},
+        "bbt": {"baseline.lr": None},
+    }
+    cfgs = build_configs(["sst2", "rte"], ["zeroshot", "c-lora"], [13, 42], model="tiny-llama", budget=24,
+                         max_test=16, sets=["c-lora:lowrank.layers=[-2,-1]"])  # fmt: skip
+    assert len(cfgs) == 8 and {c.search.budget for c in cfgs} == {24}
+    assert [c.lowrank.layers for c in cfgs if c.method == "c-lora"][0] == (-2, -1)
+    assert [c.lowrank.layers for c in cfgs if c.method == "zeroshot"][0] is None
+    with pytest.raises(DfloraError, match="unknown method"):
+        build_configs(["sst2"], ["sgd"], [1])
+    with pytest.raises(DfloraError, match="unknown method"):
+        build_configs(["sst2"], ["zeroshot"], [1], sets=["lorra:baseline.lr=1"])
+    assert len(build_configs(["sst2"], ["zeroshot"], [1], sets=["lora:baseline.lr=1"])) == 1  # not in the grid
+    with pytest.raises(ConfigError, match="baseline.lr"):
+        build_configs(["sst2"], ["lora"], [1], sets=["baseline.lr=-1"])
+
+
+def test_compare_runs_the_grid_and_renders_the_table(tmp_path, tiny_models):
+    from dflora_core.compare import RUNS_CSV, TABLE_CSV, TABLE_MD, compare
+
+    methods = ["zeroshot", "zeroshot-calibrated", "c-lora", "bbt", "lora"]
+    if any(m == "lora" for m in methods):
+        pytest.importorskip("peft")
+    kw = dict(model="tiny-llama", budget=24, max_test=16, sets=COMMON, isolate=False)
+    out = compare(["sst2", "rte"], methods, [13, 42], root=tmp_path, **kw)
+    assert out["ran"] == 20 and len(out["records"]) == 20
+    for name in (RUNS_CSV, TABLE_CSV, TABLE_MD):
+        assert (tmp_path / name).is_file()
+    runs = pd.read_csv(tmp_path / RUNS_CSV)
+    assert len(runs) == 20 and set(runs["method"]) == set(methods)
+    table = pd.read_csv(tmp_path / TABLE_CSV, index_col=0)
+    assert list(table.index) == methods
+    assert {"sst2", "rte", "Avg", "#Params", "calls", "fwd", "bwd", "time (s)", "memory"} <= set(table.columns)
+    assert str(table.loc["lora", "bwd"]) != "0" and str(table.loc["c-lora", "bwd"]) == "0"
+    assert str(table.loc["bbt", "#Params"]) == "8" and str(table.loc["zeroshot", "#Params"]) == "0"
+    cell = table.loc["zeroshot-calibrated", "sst2"]
+    mean, std = cell.replace(")", "").split(" (")
+    assert 0 <= float(mean) <= 100 and float(std) >= 0
+    md = (tmp_path / TABLE_MD).read_text()
+    assert "| zeroshot-calibrated |" in md and "Zero-shot" in md and "budget (calls): 24" in md
+    # a second call reads every run back
+    again = compare(["sst2", "rte"], methods, [13, 42], root=tmp_path, **kw)
+    assert again["ran"] == 0
+    assert [r["finished"] for r in again["records"]] == [r["finished"] for r in out["records"]]
+
+
+def test_cli_compare(tmp_path, capsys):
+    from dflora_core.cli import main
+
+    args = ["compare", "--tasks", "sst2", "--methods", "zeroshot,icl", "--seeds", "13", "--model", "tiny-roberta",
+            "--max-test", "16", "--root", str(tmp_path), "--in-process"]  # fmt: skip
+    for s in COMMON:
+        args += ["--set", s]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| icl |" in out and "2 new runs" in out
+    assert main(args) == 0 and "0 new runs" in capsys.readouterr().out
+    wider = [a.replace("zeroshot,icl", "zeroshot,icl,lora") for a in args] + ["--table-only"]
+    assert main(wider) == 0 and "| lora |" not in capsys.readouterr().out  # lora was never run
+    assert main(["compare", "--tasks", "sst2", "--methods", "nope", "--seeds", "1", "--root", str(tmp_path)]) == 2
+    assert "unknown method" in capsys.readouterr().err
+
+
+def test_isolated_runs_record_their_own_memory(tmp_path):
+    """The default: each pending run in its own process (peak RSS per run), then the table."""
+    from dflora_core.compare import compare
+
+    out = compare(["sst2"], ["zeroshot"], [13], root=tmp_path, model="tiny-llama", max_test=16, sets=COMMON)
+    assert out["ran"] == 1 and out["records"][0]["status"] == "done"
+    assert out["records"][0]["peak_mem_bytes"] > 0
