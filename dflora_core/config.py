@@ -38,7 +38,7 @@ class DataConfig:
 class ModelConfig:
     name: str = "smollm2"  # registry name (`dflora models`) or a local folder / .gguf path
     device: str = "auto"  # cuda when available, else cpu
-    dtype: str = "auto"  # float32 | bfloat16 | float16 | auto (fastest precision that ranks like fp32: bench)
+    dtype: str = "auto"  # float32 | bfloat16 | float16 | auto = fp32 (bf16 fails the fidelity bench on SmolLM2)
     max_tokens: int = 0  # padded tokens per forward pass; 0 = a default per device (memory vs speed)
     zero_lm_bias: bool = False  # masked LM: drop the LM-head bias (the released code does; removes the prior)
     verbalizer: tuple[str, ...] | None = None  # label words overriding the template table, one per class
@@ -52,7 +52,7 @@ class LowRankConfig:
     intrinsic_dim: int = 500  # d per layer; paper: 500 to 1,600
     projection_init: str = "ril"  # hidden-state based init (paper default); "ri" or "released" for ablations
     # alpha: the released alpha = 1 wrecks SmolLM2 (DESIGN.md §6: every candidate breaks the model);
-    # 0.05 was measured to work there (train CE 0.75 -> 0.08); see docs/defaults.md for our sweep
+    # 0.05 was measured to work there (train CE 0.75 -> 0.08); see docs/method.md for our sweep
     alpha: float = 0.05
     # stat_source: "residual" as released; "proj_input" is what a pre-norm model's q/k actually see
     stat_source: str = "residual"

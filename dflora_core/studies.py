@@ -32,6 +32,8 @@ from .results.record import RECORD, base_record
 
 ANALYSIS = "analysis"
 STUDIES = ("rank", "intrinsic_dim", "init", "targets", "optimizer")
+ZERO_BUDGET_METHODS = ("zeroshot", "zeroshot-calibrated", "icl")  # no search: the budget does not apply
+
 STUDY_TITLES = {
     "main": "main comparison",
     "training": "live training runs",
@@ -251,16 +253,20 @@ def _fmt_pct(values) -> str:
 def main_records(profile, records: list[dict]) -> list[dict]:
     """The records of the main comparison: the main plan's runs, plus any registered peer method's
     records (from the runs root or the profile's ``extra_roots``, e.g. ``dflora compare``) on the
-    main tasks, seeds and model, scored on the same test set as the main runs."""
+    main tasks, seeds and model, scored on the same test set and (methods that search) at the
+    same budget as the main runs."""
     idx = index_records(records)
     chosen = {id(idx[p.key]): idx[p.key] for p in main_plan(profile) if p.key in idx}
     tests = {(r.get("task"), (r.get("data") or {}).get("test_digest")) for r in chosen.values()}
     model = profile.base.model.name
+    budget = profile.base.search.budget
     for rec in records:
         m = rec.get("method")
         if (
             m in METHODS
             and m not in DFO_LORA_METHODS
+            # peers join only at the main runs' budget: a table mixing budgets would mislead
+            and (m in ZERO_BUDGET_METHODS or ((rec.get("config") or {}).get("search") or {}).get("budget") == budget)
             and rec.get("task") in profile.main.tasks
             and rec.get("seed") in profile.main.seeds
             and rec.get("model") == model
@@ -276,6 +282,17 @@ def profile_records(profile) -> list[dict]:
     seen = {r.get("_dir") for r in out}
     for root in profile.extra_paths():
         out += [r for r in load_all_records(root) if r.get("_dir") not in seen]
+    return out
+
+
+def comparison_roots(profile) -> list[tuple[str, list[dict]]]:
+    """(folder name, records) of every extra root that holds runs: ``dflora compare`` grids, such as
+    the committed ``results/`` folders, each rendered as its own table and convergence figure."""
+    out = []
+    for root in profile.extra_paths():
+        recs = load_all_records(root)
+        if recs:
+            out.append((Path(root).name, recs))
     return out
 
 

@@ -31,6 +31,7 @@
 # | `convergence` | train fitness and dev metric against calls, main runs | |
 # | `main_comparison` | the main table as bars | |
 # | `hidden_state_stats`, `projection_scale` | notebooks 01 and 02 | |
+# | `table_<folder>`, `convergence_<folder>` | each comparison grid in the profile's `extra_roots` (`dflora compare` runs, e.g. the committed `results/` folders) | Table 1 |
 #
 # Figures are written as PDF and PNG with fixed metadata: the same records give the same bytes.
 
@@ -111,6 +112,24 @@ save(
     plotting.convergence_figure(opt_recs, prof.name, "convergence: per-layer optimizer (ablation)"),
     "convergence_optimizer",
 )
+
+# %% [markdown]
+# ## Comparison grids recorded elsewhere
+#
+# Every folder in the profile's `extra_roots` that holds runs (grids written by `dflora compare`,
+# such as the committed `results/` folders) gets its own table: methods x tasks, mean (std) over
+# seeds, with the cost columns; and, where it holds layer-wise runs, their convergence curves.
+
+# %%
+from dflora_core import compare
+
+for name, recs in studies.comparison_roots(prof):
+    grid, _counts, zero_shot = compare.main_table(recs, studies.method_order(r["method"] for r in recs))
+    zs = ", ".join(f"{t} {v}" for t, v in zero_shot.items())
+    table(grid, f"table_{name}", f"Comparison grid {name}: test metric x 100, mean (std) over seeds; zero-shot {zs}")
+    dfo = [r for r in recs if r["method"] in studies.DFO_LORA_METHODS]
+    if dfo:
+        save(plotting.convergence_figure(dfo, prof.name, f"convergence: {name}"), f"convergence_{name}")
 
 # %% [markdown]
 # ## Ablations (Figures 3, 4 and Tables 4, 6)
