@@ -77,7 +77,7 @@ def test_compare_runs_the_grid_and_renders_the_table(tmp_path, tiny_models):
     [(name, recs)] = studies.comparison_roots(SimpleNamespace(extra_paths=lambda: [tmp_path, tmp_path / "none"]))
     assert name == tmp_path.name and len(recs) == 20
     grid, _, zero_shot = main_table(recs, studies.method_order(r["method"] for r in recs))
-    assert set(grid.index) == set(methods) and list(zero_shot.index) == ["sst2", "rte"]
+    assert set(grid.index) == set(methods) and set(zero_shot.index) == {"sst2", "rte"}
     fig = plotting.convergence_figure([r for r in recs if r["method"] == "c-lora"], "smoke")
     assert len(fig.axes[0].lines) == 4  # one train-fitness curve per (task, seed)
 
