@@ -75,6 +75,29 @@ def zero_shot(exp: Experiment, use_cache: bool = True) -> dict:
 
 
 # -- the DFO-LoRA methods -------------------------------------------------------------------------
+def search_summary(search, test: dict | None, train_at_best: dict) -> dict:
+    """The record fields every layer-wise search writes (C-LoRA and its kin, BBTv2)."""
+    return {
+        "test": test,  # None: the selected snapshot is the unadapted model (test = zero-shot)
+        "train_at_best": train_at_best,
+        "calls": search.calls,
+        "generations": search.generation,
+        "rounds_completed": search.round,
+        "stopped": search.stopped or "budget",
+        "best_dev": search.best_dev,
+        "selected_start": bool(not search.z_best_dev.any()),
+        "final_train_fitness": search.current_fitness,
+        "nonfinite_fitness": search.nonfinite,
+        "evals_per_s": search.calls / search.fitness_seconds if search.fitness_seconds else None,
+        "fitness_seconds": search.fitness_seconds,
+        "forward_passes": search.evaluator.forward_rows,
+        "backward_passes": 0,
+        "prefix_reuse": search.evaluator.reuse_prefix,
+        "optimizer": search.optimizer_name,
+        "search": search,
+    }
+
+
 def run_layerwise(exp: Experiment, folder: RunFolder, resume: bool, callbacks: dict) -> dict:
     from .search.loop import LayerwiseSearch
 
@@ -97,23 +120,8 @@ def run_layerwise(exp: Experiment, folder: RunFolder, resume: bool, callbacks: d
                 z_final=search.z,
                 layer_std=np.asarray(search.layer_std),
             )
-        ev_per_s = search.calls / search.fitness_seconds if search.fitness_seconds else None
         return {
-            "test": test,  # None: the selected snapshot is the unadapted model (test = zero-shot)
-            "train_at_best": train_at_best,
-            "calls": search.calls,
-            "generations": search.generation,
-            "rounds_completed": search.round,
-            "stopped": search.stopped or "budget",
-            "best_dev": search.best_dev,
-            "selected_start": bool(not search.z_best_dev.any()),
-            "final_train_fitness": search.current_fitness,
-            "nonfinite_fitness": search.nonfinite,
-            "evals_per_s": ev_per_s,
-            "fitness_seconds": search.fitness_seconds,
-            "forward_passes": search.evaluator.forward_rows,
-            "prefix_reuse": search.evaluator.reuse_prefix,
-            "optimizer": search.optimizer_name,
+            **search_summary(search, test, train_at_best),
             "projection": search.adapter.describe(),
             "layer_stats": [s.as_dict() for s in search.layer_stats],
             "params_optimised": exp.cfg.lowrank.intrinsic_dim * search.num_layers,

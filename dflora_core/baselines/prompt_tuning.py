@@ -39,6 +39,7 @@ from ..lowrank.projection import map_seed
 from ..models.scoring import EncodedSet
 from ..results.io import atomic_save_npz
 from ..results.record import RunFolder
+from ..runner import search_summary
 from ._common import leading_specials, max_positions, register
 
 
@@ -289,28 +290,12 @@ def run_prompt_tuning(exp: Experiment, folder: RunFolder, resume: bool, callback
             )
         n_opt = adapter.dim * adapter.num_layers
         return {
-            "test": test,
-            "train_at_best": train_at_best,
-            "calls": search.calls,
-            "generations": search.generation,
-            "rounds_completed": search.round,
-            "stopped": search.stopped or "budget",
-            "best_dev": search.best_dev,
-            "selected_start": bool(not search.z_best_dev.any()),
-            "final_train_fitness": search.current_fitness,
-            "nonfinite_fitness": search.nonfinite,
-            "evals_per_s": search.calls / search.fitness_seconds if search.fitness_seconds else None,
-            "fitness_seconds": search.fitness_seconds,
-            "forward_passes": search.evaluator.forward_rows,
-            "backward_passes": 0,
-            "prefix_reuse": search.evaluator.reuse_prefix,
-            "optimizer": search.optimizer_name,
+            **search_summary(search, test, train_at_best),
             "projection": adapter.describe(),
             "dev_curve": search.dev_curve,
             "params_optimised": n_opt,
             "params_stored": n_opt,  # z per layer; p_0 and the maps are regenerated from the seed
             "prompt_values": adapter.n_tokens * adapter.hidden * adapter.num_layers,
-            "search": search,
         }
     finally:
         if search is not None:

@@ -90,6 +90,9 @@ def cached_folder(spec: PackagedGGUF) -> Path:
         info = json.loads(ident.read_text())
         if info.get("gguf_size") == stat.st_size and info.get("gguf_mtime") == int(stat.st_mtime):
             return folder
+        # the same file installed elsewhere (another venv, a fresh clone): same bytes, no rebuild
+        if info.get("gguf_size") == stat.st_size and info.get("gguf_sha256") == sha256_file(src):
+            return folder
     _build_cache(spec, src, folder)
     return folder
 
