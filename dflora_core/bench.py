@@ -345,24 +345,11 @@ def make_setup(
 
 
 # -- the strategies' forward passes --------------------------------------------------------------------------
-def _pad_rows(data, rows, length: int, device):
-    from .models.scoring import Batch
-
-    ids = torch.full((len(rows), length), data.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for r, i in enumerate(rows):
-        seq = data.ids[i]
-        ids[r, : len(seq)] = torch.tensor(seq)
-        mask[r, : len(seq)] = 1
-    pos = torch.tensor([data.positions[i] for i in rows])
-    return Batch(torch.as_tensor(np.asarray(rows)), ids.to(device), mask.to(device), pos.to(device))
-
-
 def untrimmed_batches(data, max_tokens: int, device, copies: int = 1):
     """Examples in their original order, every chunk padded to the longest prompt of the set."""
     T = int(data.lengths.max())
     n = max(1, max_tokens // max(1, T * copies))
-    return [_pad_rows(data, list(range(s, min(len(data), s + n))), T, device) for s in range(0, len(data), n)]
+    return [data.pad(np.arange(s, min(len(data), s + n)), device, T) for s in range(0, len(data), n)]
 
 
 def full_logits(s: Setup, batch, copies: int, dtype) -> torch.Tensor:

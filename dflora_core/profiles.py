@@ -99,8 +99,8 @@ class Profile:
     description: str = ""  # one line, printed by the runner and on the first notebook
     runs_root: str = "runs/default"  # run records (relative paths are relative to the repository)
     figures_dir: str = "figures"  # figures and tables
-    # other runs roots whose peer records join the main table (e.g. runs/compare of `dflora compare`),
-    # used only where task, seed, model and test set match the profile's main runs
+    # comparison grids (`dflora compare` roots, e.g. the committed results/ folders): each gets its own
+    # table and convergence figure; its peers join the main table at the main runs' test set and budget
     extra_roots: tuple[str, ...] = ()
     threads: int = 0  # torch CPU threads in the notebook kernels; 0 = torch's default
     run: dict = field(default_factory=dict)  # RunConfig overrides shared by every run of the profile

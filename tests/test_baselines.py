@@ -23,13 +23,7 @@ BASELINES = (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matmuls on a shared 2-core machine: one thread avoids OpenMP oversubscription (10x faster)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(method: str, model: str = "tiny-llama", **changes) -> RunConfig:

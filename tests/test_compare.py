@@ -2,17 +2,10 @@
 
 import pandas as pd
 import pytest
-import torch
 
 from dflora_core.errors import ConfigError, DfloraError
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 COMMON = ["model.device=cpu", "search.eval_every=4", "optim.popsize=4", "baseline.prompt_dim=8",

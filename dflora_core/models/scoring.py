@@ -66,12 +66,13 @@ class EncodedSet:
             longest = len(self.ids[order[start]])
             n = max(1, max_tokens // max(1, longest * copies))
             chunk = order[start : start + n]
-            out.append(self._pad(chunk, device))
+            out.append(self.pad(chunk, device))
             start += n
         return out
 
-    def _pad(self, chunk: np.ndarray, device) -> Batch:
-        T = max(len(self.ids[i]) for i in chunk)
+    def pad(self, chunk: np.ndarray, device, length: int | None = None) -> Batch:
+        """The examples ``chunk`` as one batch padded to ``length`` (default: their longest prompt)."""
+        T = length or max(len(self.ids[i]) for i in chunk)
         ids = torch.full((len(chunk), T), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), T), dtype=torch.long)
         for row, i in enumerate(chunk):
