@@ -268,26 +268,12 @@ class Setup:
 
 def build_adapter(loaded, data, lowrank, seed: int, sigma: float, max_tokens: int):
     """The adapter LayerwiseSearch builds (hidden-state based projections, all layers patched)."""
-    from .lowrank.adapter import LowRankAdapter
-    from .lowrank.hidden_stats import hidden_state_stats, projection_scales
-    from .lowrank.patching import LowRankPatch
-    from .lowrank.projection import IntrinsicProjection
+    from .lowrank.build import build_adapter as build
+    from .lowrank.build import measure_scales
 
-    if lowrank.projection_init == "ri":  # no statistics needed (the memory benchmark: values do not matter)
-        scales = None
-    else:
-        stats = hidden_state_stats(
-            loaded, data, lowrank.stat_source, lowrank.clip_rounds, lowrank.clip_sigma, max_tokens
-        )
-        scales = projection_scales(loaded, stats)
-    patch = LowRankPatch(loaded.model, lowrank.targets, lowrank.layers)
-    dims = [{t: (s.in_features, s.out_features) for t, s in layer.items()} for layer in patch.sites]
-    projection = IntrinsicProjection(
-        dims, lowrank.rank, lowrank.intrinsic_dim, lowrank.projection_init, seed,
-        None if scales is None else [scales[m] for m in patch.model_layers], lowrank.alpha, sigma, lowrank.ri_std, loaded.device,
-        model_layers=patch.model_layers,
-    )  # fmt: skip
-    return LowRankAdapter(patch, projection)
+    # "ri" needs no statistics (the memory benchmark: values do not matter)
+    scales = None if lowrank.projection_init == "ri" else measure_scales(loaded, data, lowrank, max_tokens)[1]
+    return build(loaded, lowrank, seed, sigma, scales)
 
 
 def make_setup(
@@ -542,10 +528,9 @@ def reset_peak_rss() -> bool:
 
 
 def peak_rss() -> int:
-    from .results.io import peak_rss_bytes
+    from .environment import peak_rss as env_peak_rss
 
-    v = _proc_status("VmHWM")
-    return v if v is not None else peak_rss_bytes()
+    return env_peak_rss()
 
 
 def current_rss() -> int | None:
@@ -996,7 +981,7 @@ def run_memory(args, log=print) -> list[dict]:
 
 # -- output -------------------------------------------------------------------------------------------------------------
 def header(argv: list[str] | None) -> dict:
-    from .results.io import git_commit, machine_info, package_versions
+    from .environment import git_commit, machine_info, package_versions
 
     return {
         "command": "dflora " + shlex.join(argv if argv is not None else sys.argv[1:]),
@@ -1066,7 +1051,7 @@ def memory_table(rows) -> str:
 
 def _write(path: str | None, doc: dict) -> None:
     if path:
-        from .results.io import atomic_write_json
+        from .fileio import atomic_write_json
 
         atomic_write_json(path, doc)
         print(f"wrote {path}")
@@ -1270,11 +1255,3 @@ def add_parser(parser) -> None:
     p.set_defaults(fn=cmd_table)
     parser.set_defaults(argv=None)
 
-
-def _register() -> None:
-    from .cli import register_command
-
-    register_command("bench", "speed, fidelity and memory of fitness evaluation (benchmarks/README.md)", add_parser)
-
-
-_register()

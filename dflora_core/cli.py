@@ -12,29 +12,29 @@ from pathlib import Path
 
 from .errors import DfloraError
 
-# flag -> dotted config path (one table: the CLI cannot drift from the dataclasses)
-RUN_FLAGS: dict[str, tuple[str, type, str]] = {
-    "--task": ("data.task", str, "task name (see `dflora tasks`)"),
-    "--method": ("method", str, "c-lora, f-lora, fwa-lora, rs-lora or a baseline (see `dflora methods`)"),
-    "--model": ("model.name", str, "registry name (see `dflora models`) or a local folder / .gguf file"),
-    "--seed": ("seed", int, "few-shot split, projection and optimizer seed"),
-    "--shots": ("data.shots", int, "examples per class in train and dev"),
-    "--max-test": ("data.max_test", int, "stratified test subsample size (quick runs)"),
-    "--budget": ("search.budget", int, "fitness evaluations (API calls)"),
-    "--popsize": ("optim.popsize", int, "candidates per generation"),
-    "--sigma": ("optim.sigma", float, "initial step size"),
-    "--rank": ("lowrank.rank", int, "LoRA rank r"),
-    "--intrinsic-dim": ("lowrank.intrinsic_dim", int, "intrinsic dimension d per layer"),
-    "--alpha": ("lowrank.alpha", float, "projection stretch constant"),
-    "--targets": ("lowrank.targets", str, "comma-separated subset of q,k,v,o"),
-    "--init": ("lowrank.projection_init", str, "ril, ri or released"),
-    "--stat-source": ("lowrank.stat_source", str, "residual or proj_input"),
-    "--acceptance": ("search.acceptance", str, "elitist or released"),
-    "--loss": ("search.loss", str, "ce, hinge or neg_metric"),
-    "--eval-every": ("search.eval_every", int, "dev evaluation period in calls"),
-    "--patience": ("search.patience", int, "stop after this many calls without dev improvement"),
-    "--device": ("model.device", str, "auto, cpu, cuda, cuda:1 ..."),
-    "--dtype": ("model.dtype", str, "auto, float32, bfloat16 or float16"),
+# flag -> dotted config path; help texts and choices come from the config itself (config.field_help)
+RUN_FLAGS: dict[str, str] = {
+    "--task": "data.task",
+    "--method": "method",
+    "--model": "model.name",
+    "--seed": "seed",
+    "--shots": "data.shots",
+    "--max-test": "data.max_test",
+    "--budget": "search.budget",
+    "--popsize": "optim.popsize",
+    "--sigma": "optim.sigma",
+    "--rank": "lowrank.rank",
+    "--intrinsic-dim": "lowrank.intrinsic_dim",
+    "--alpha": "lowrank.alpha",
+    "--targets": "lowrank.targets",
+    "--init": "lowrank.projection_init",
+    "--stat-source": "lowrank.stat_source",
+    "--acceptance": "search.acceptance",
+    "--loss": "search.loss",
+    "--eval-every": "search.eval_every",
+    "--patience": "search.patience",
+    "--device": "model.device",
+    "--dtype": "model.dtype",
 }
 
 
@@ -53,7 +53,7 @@ def build_config(args) -> RunConfig:  # noqa: F821 - string annotation, imported
 
     data = load_yaml(args.config) if getattr(args, "config", None) else {}
     flat = {}
-    for flag, (path, _tp, _help) in RUN_FLAGS.items():
+    for flag, path in RUN_FLAGS.items():
         value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
         if value is not None:
             flat[path] = value
@@ -131,11 +131,14 @@ def cmd_models(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from . import baselines  # noqa: F401 - registers the peers
-    from .config import METHODS
+    from .methods import METHODS, ordered
 
-    for name, desc in METHODS.items():
-        print(f"{name:20} {desc}")
+    rows = [{"name": m, "family": METHODS[m].family, "description": METHODS[m].description} for m in ordered(METHODS)]
+    if args.json:
+        _print(rows, True, "")
+        return 0
+    for r in rows:
+        print(f"{r['name']:20} {r['family']:13} {r['description']}")
     return 0
 
 
@@ -178,7 +181,7 @@ def cmd_run(args) -> int:
         print(f"interrupted; continue with: dflora run ... --out {out} --resume", file=sys.stderr)
         return 130
     if args.json:
-        _print({k: v for k, v in rec.items() if k not in ("layer_stats",)}, True, "")
+        _print({k: v for k, v in rec.to_dict().items() if k != "layer_stats"}, True, "")
     else:
         print(summary_line(rec))
         if out:
@@ -195,9 +198,11 @@ def cmd_config(args) -> int:
     return 0
 
 
-def _add_run_flags(p: argparse.ArgumentParser, required_out: bool = False) -> None:
-    for flag, (path, tp, help_) in RUN_FLAGS.items():
-        p.add_argument(flag, type=tp, default=None, help=f"{help_} [{path}]")
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    from .config import field_help
+
+    for flag, path in RUN_FLAGS.items():
+        p.add_argument(flag, default=None, metavar=path.rsplit(".", 1)[-1].upper(), help=field_help(path))
     p.add_argument("--config", help="a YAML profile (e.g. configs/paper.yaml); flags override it")
     p.add_argument(
         "--set",
@@ -218,6 +223,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_models)
     p = sub.add_parser("methods", help="list the methods")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_methods)
     p = sub.add_parser("zeroshot", help="manual-prompt (zero-shot) test score")
     _add_run_flags(p)
@@ -232,34 +238,15 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved configuration as YAML")
     _add_run_flags(p)
     p.set_defaults(fn=cmd_config)
-    for name, adder in _EXTRA_COMMANDS.items():
-        adder(sub.add_parser(name, help=_EXTRA_HELP[name]))
+    from .bench import add_parser as add_bench
+    from .workbench.compare import add_arguments as add_compare
+
+    add_compare(sub.add_parser("compare", help="run methods x tasks x seeds and render the main table"))
+    add_bench(sub.add_parser("bench", help="speed, fidelity and memory benchmarks (benchmarks/README.md)"))
     return ap
 
 
-_EXTRA_COMMANDS: dict = {}
-_EXTRA_HELP: dict = {}
-
-
-def register_command(name: str, help_: str, adder) -> None:
-    """Other modules add subcommands (compare, bench): ``adder(parser)`` sets args and ``fn``."""
-    _EXTRA_COMMANDS[name] = adder
-    _EXTRA_HELP[name] = help_
-
-
-def _load_extra_commands() -> None:
-    import importlib
-
-    for mod in ("dflora_core.compare", "dflora_core.bench"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as err:
-            if err.name != mod:
-                raise
-
-
 def main(argv: list[str] | None = None) -> int:
-    _load_extra_commands()
     parser = make_parser()
     args = parser.parse_args(argv)
     try:

@@ -9,27 +9,36 @@ source of truth.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
+from .lowrank.arch import TARGET_LETTERS
+from .lowrank.hidden_stats import SOURCES
+from .lowrank.projection import INITS
+from .metrics import LOSSES
+from .seeds import SCHEMES
 
-DFO_LORA_METHODS = {  # method -> per-layer optimizer of the layer-wise low-rank search
-    "c-lora": "cmaes",  # the paper's C-LoRA
-    "f-lora": "lotfwa",  # the paper's F-LoRA (loser-out tournament fireworks)
-    "fwa-lora": "fwa",  # control arm: a single firework, no tournament
-    "rs-lora": "random",  # control arm: random search around the current point
-}
+# choices of the fields whose implementation lives above this module (the lower layers export their own)
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+SPLIT_SOURCES = ("auto", "pool", "fixed")
+ACCEPTANCES = ("elitist", "released")
+BUDGET_MATCHES = ("forward", "compute")
+ZO_PARAMS = ("lora", "all")
+PROMPT_INITS = ("vocab", "zeros")
+CALIBRATIONS = ("auto", "none", "cc", "bias", "threshold")
+Target = Literal[TARGET_LETTERS]
 
 
 @dataclass
 class DataConfig:
     task: str = "sst2"  # one of `dflora tasks`
     shots: int = 16  # examples per class in train, and again in dev (paper: 16)
-    split_source: str = "auto"  # "pool" (seeded sample), "fixed" (shipped 16-shot split), auto = task default
+    split_source: Literal[SPLIT_SOURCES] = "auto"  # "pool" (seeded sample), "fixed" (shipped 16-shot split), auto = task default
     max_test: int | None = None  # stratified test subsample for quick runs; None = the whole test set
     max_length: int = 512  # longer prompts get their text shortened (the paper drops inputs > 512 tokens)
 
@@ -38,7 +47,7 @@ class DataConfig:
 class ModelConfig:
     name: str = "smollm2"  # registry name (`dflora models`) or a local folder / .gguf path
     device: str = "auto"  # cuda when available, else cpu
-    dtype: str = "auto"  # float32 | bfloat16 | float16 | auto = fp32 (bf16 fails the fidelity bench on SmolLM2)
+    dtype: Literal[DTYPE_NAMES] = "auto"  # float32 | bfloat16 | float16 | auto = fp32 (bf16 fails the fidelity bench on SmolLM2)
     max_tokens: int = 0  # padded tokens per forward pass; 0 = a default per device (memory vs speed)
     zero_lm_bias: bool = False  # masked LM: drop the LM-head bias (the released code does; removes the prior)
     verbalizer: tuple[str, ...] | None = None  # label words overriding the template table, one per class
@@ -46,16 +55,16 @@ class ModelConfig:
 
 @dataclass
 class LowRankConfig:
-    targets: tuple[str, ...] = ("q", "k")  # the paper's code adapts W_q and W_k (Appendix D)
+    targets: tuple[Target, ...] = ("q", "k")  # the paper's code adapts W_q and W_k (Appendix D)
     layers: tuple[int, ...] | None = None  # adapted layers (negative = from the top); None = all (paper)
     rank: int = 4  # paper: 2 or 4
     intrinsic_dim: int = 500  # d per layer; paper: 500 to 1,600
-    projection_init: str = "ril"  # hidden-state based init (paper default); "ri" or "released" for ablations
+    projection_init: Literal[INITS] = "ril"  # hidden-state based init (paper default); "ri" or "released" for ablations
     # alpha: the released alpha = 1 wrecks SmolLM2 (DESIGN.md §6: every candidate breaks the model);
     # 0.05 was measured to work there (train CE 0.75 -> 0.08); see docs/method.md for our sweep
     alpha: float = 0.05
     # stat_source: "residual" as released; "proj_input" is what a pre-norm model's q/k actually see
-    stat_source: str = "residual"
+    stat_source: Literal[SOURCES] = "residual"
     ri_std: float = 0.002  # the "ri" init's fixed std (set near the ril scale of SmolLM2's layers)
     clip_rounds: int = 5  # 3-sigma clipping rounds of the hidden-state statistic
     clip_sigma: float = 3.0  # clip at mean +- 3 std (DESIGN.md §1)
@@ -73,8 +82,8 @@ class OptimConfig:
 @dataclass
 class SearchConfig:
     budget: int = 6000  # fitness evaluations ("API calls"); paper text: 6,000 (released code: 8,000)
-    acceptance: str = "elitist"  # "elitist": monotone (DESIGN.md §6); "released": each layer's best-ever z
-    loss: str = "ce"  # ce (paper) | hinge | neg_metric
+    acceptance: Literal[ACCEPTANCES] = "elitist"  # "elitist": monotone (DESIGN.md §6); "released": each layer's best-ever z
+    loss: Literal[LOSSES] = "ce"  # ce (paper) | hinge | neg_metric
     eval_every: int = 100  # dev evaluation period in calls (released code: 100); not charged to the budget
     select_start: bool = True  # the unadapted model (z = 0) is a model-selection candidate too
     patience: int | None = None  # stop after this many calls without dev improvement (paper's timing table: 1500)
@@ -89,27 +98,29 @@ class BaselineConfig:
     lr: float | None = None  # None = the method's own default (docs/baselines.md)
     steps: int | None = None  # optimisation steps for gradient / zeroth-order methods; None = from search.budget
     batch_size: int | None = None  # None = the whole few-shot train set per step (a step then costs one "call")
-    budget_match: str = "forward"  # budget -> steps: "forward" (equal forward passes) or "compute" (bwd, jvp = 2 fwd)
+    budget_match: Literal[BUDGET_MATCHES] = "forward"  # budget -> steps: "forward" (equal forward passes) or "compute" (bwd, jvp = 2 fwd)
     weight_decay: float = 0.0  # AdamW weight decay (none: few-shot runs are short and dev-selected)
     lora_rank: int = 8  # gradient LoRA: rank 8, alpha 16 on q,v (LoRA paper defaults)
     lora_alpha: float = 16.0  # LoRA paper default (scaling alpha / r = 2)
-    lora_targets: tuple[str, ...] = ("q", "v")  # LoRA paper default (the DFO methods adapt q,k instead)
-    zo_params: str = "lora"  # zeroth-order / forward-gradient methods tune "lora" (as the lora method) or "all"
+    lora_targets: tuple[Target, ...] = ("q", "v")  # LoRA paper default (the DFO methods adapt q,k instead)
+    zo_params: Literal[ZO_PARAMS] = "lora"  # zeroth-order / forward-gradient methods tune "lora" (as the lora method) or "all"
     zo_eps: float | None = None  # perturbation scale; None = MeZO's: 1e-2 on LoRA, 1e-3 on all parameters
     prompt_tokens: int = 50  # BBT/BBTv2: 50 prompt vectors (Sun et al. 2022)
     prompt_dim: int = 500  # BBT/BBTv2 intrinsic dimension d per layer (Sun et al. 2022)
     prompt_alpha: float = 1.0  # prompt projection std = alpha std_hat / (sqrt(d) sigma); 1 as in BBT/BBTv2 code
-    prompt_init: str = "vocab"  # p_0: embeddings of random vocabulary tokens (BBT) or "zeros"
+    prompt_init: Literal[PROMPT_INITS] = "vocab"  # p_0: embeddings of random vocabulary tokens (BBT) or "zeros"
     prompt_layers: tuple[int, ...] | None = None  # BBTv2 layers with a deep prompt (0 = input); None = all (BBTv2)
-    calibration: str = "auto"  # zeroshot-calibrated: auto (best on dev) | cc (contextual) | bias (CE) | threshold
+    calibration: Literal[CALIBRATIONS] = "auto"  # zeroshot-calibrated: auto (best on dev) | cc (contextual) | bias (CE) | threshold
     icl_shots: int | None = None  # ICL demonstrations per class; None = the whole train split, as many as fit
     icl_context: int = 1024  # ICL prompt cap in tokens (also the model's positions): CPU cost grows with it
+    init_draws: int = 2  # no-opt: random draws of z from the start distribution, averaged (paper's Table 4)
 
 
 @dataclass
 class RunConfig:
-    method: str = "c-lora"  # see METHODS
+    method: str = "c-lora"  # see `dflora methods` (dflora_core/methods.py)
     seed: int = 42  # few-shot split, projections and optimizer (paper seeds: 13, 21, 42, 87, 100)
+    seed_scheme: Literal[SCHEMES] = 1  # how the random streams derive from seed: 1 = the committed results, 2 = collision-free
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     lowrank: LowRankConfig = field(default_factory=LowRankConfig)
@@ -124,26 +135,6 @@ class RunConfig:
     def replace(self, **changes) -> RunConfig:
         """A copy with dotted-path changes, e.g. replace(**{"search.budget": 200})."""
         return from_dict(_merge(self.to_dict(), _nest(changes)))
-
-
-METHODS: dict[str, str] = {
-    **{m: f"layer-wise derivative-free LoRA with {o}" for m, o in DFO_LORA_METHODS.items()},
-    "zeroshot": "the manual prompt, no tuning (the paper's 'manual prompt' row)",
-}
-
-
-def register_method(name: str, description: str) -> None:
-    """Baselines register their method names here so validation knows them."""
-    METHODS[name] = description
-
-
-VALIDATORS: list = []  # extra checks fn(cfg, num_layers, model_type) registered by the baselines
-
-
-def register_validator(fn) -> None:
-    """Baselines check their own settings (raising ConfigError) when ``validate`` runs."""
-    if fn not in VALIDATORS:
-        VALIDATORS.append(fn)
 
 
 # -- dict <-> dataclass ----------------------------------------------------------------
@@ -175,6 +166,11 @@ def _coerce(name: str, tp, value):
     if args and type(None) in args:  # Optional[X]
         inner = [a for a in args if a is not type(None)][0]
         return _coerce(name, inner, value)
+    if origin is Literal:
+        for choice in args:  # YAML and the command line give strings for numbers too
+            if value == choice and type(value) is type(choice) or str(value) == str(choice):
+                return choice
+        raise ConfigError(name, f"choose from {', '.join(map(str, args))}; got {value!r}")
     if origin is tuple:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -275,51 +271,75 @@ def field_docs(cls=RunConfig) -> dict[str, str]:
     return out
 
 
+def _field_type(path: str):
+    cls, parts = RunConfig, path.split(".")
+    for part in parts[:-1]:
+        cls = get_type_hints(cls)[part]
+    return get_type_hints(cls)[parts[-1]], cls
+
+
+def field_help(path: str) -> str:
+    """The help of one field for the command line: its rationale, its choices, its default."""
+    tp, cls = _field_type(path)
+    doc = field_docs().get(f"{cls.__name__}.{path.rsplit('.', 1)[-1]}", "")
+    inner = [a for a in get_args(tp) if a is not type(None)] or [tp]
+    choices = get_args(inner[0]) if get_origin(inner[0]) is Literal else ()
+    if get_origin(inner[0]) is tuple and get_origin(get_args(inner[0])[0]) is Literal:
+        choices = get_args(get_args(inner[0])[0])
+        doc += " (comma-separated)"
+    default = _flatten(RunConfig().to_dict())[path]
+    text = f"{doc} [{path}"
+    if choices:
+        text += f": {', '.join(map(str, choices))}"
+    return f"{text}; default {default}]"
+
+
 # -- validation ---------------------------------------------------------------------------
 def _check(cond: bool, name: str, message: str) -> None:
     if not cond:
         raise ConfigError(name, message)
 
 
-def validate(cfg: RunConfig, num_layers: int | None = None, model_type: str | None = None) -> RunConfig:
-    """Check every value; ``num_layers``/``model_type`` (known before loading weights) enable the model checks."""
-    from . import baselines  # noqa: F401 - registers the peer methods' names
-    from .data.tasks import TASKS
-    from .lowrank.hidden_stats import SOURCES
-    from .lowrank.projection import INITS
-    from .metrics import LOSSES
+def _check_layers(name: str, layers: tuple[int, ...] | None, num_layers: int | None) -> None:
+    if layers is None:
+        return
+    _check(len(layers) >= 1, name, "name at least one layer or leave empty (= all)")
+    if num_layers is not None:
+        bad = [i for i in layers if not -num_layers <= i < num_layers]
+        _check(not bad, name, f"{bad} out of range for a model with {num_layers} layers")
+        _check(len({i % num_layers for i in layers}) == len(layers), name, "repeated layer")
 
-    _check(cfg.method in METHODS, "method", f"unknown method {cfg.method!r}; choose from {sorted(METHODS)}")
+
+def check_fields(cfg: RunConfig, num_layers: int | None = None) -> RunConfig:
+    """Every value on its own (ranges, divisibility, layers against ``num_layers`` when known).
+
+    Choice fields were checked when the config was built (their Literal types). Rules that
+    depend on the method (budget against one round, the architecture table) are the methods
+    table's (``methods.validate``), which calls this first.
+    """
+    from .data.tasks import TASKS
+
     _check(cfg.data.task in TASKS, "data.task", f"unknown task {cfg.data.task!r}; choose from {sorted(TASKS)}")
     _check(cfg.data.shots >= 1, "data.shots", f"must be >= 1, got {cfg.data.shots}")
-    _check(cfg.data.split_source in ("auto", "pool", "fixed"), "data.split_source", "must be auto, pool or fixed")
     _check(cfg.data.max_test is None or cfg.data.max_test >= 1, "data.max_test", "must be >= 1 or empty")
     _check(cfg.data.max_length >= 16, "data.max_length", f"must be >= 16, got {cfg.data.max_length}")
-    _check(
-        cfg.model.dtype in ("auto", "float32", "bfloat16", "float16"),
-        "model.dtype",
-        "must be auto, float32, bfloat16 or float16",
-    )
     _check(cfg.model.max_tokens >= 0, "model.max_tokens", "must be >= 0 (0 = default)")
     lr = cfg.lowrank
     _check(lr.rank >= 1, "lowrank.rank", f"must be >= 1, got {lr.rank}")
     _check(lr.intrinsic_dim >= 1, "lowrank.intrinsic_dim", f"must be >= 1, got {lr.intrinsic_dim}")
-    _check(len(lr.targets) >= 1, "lowrank.targets", "name at least one of q, k, v, o")
+    _check(len(lr.targets) >= 1, "lowrank.targets", f"name at least one of {', '.join(TARGET_LETTERS)}")
     _check(len(set(lr.targets)) == len(lr.targets), "lowrank.targets", f"repeated target in {lr.targets}")
-    bad = [t for t in lr.targets if t not in ("q", "k", "v", "o")]
-    _check(not bad, "lowrank.targets", f"unknown target {bad}; choose from q, k, v, o")
     n_factors = 2 * len(lr.targets)
     _check(
         lr.intrinsic_dim % n_factors == 0,
         "lowrank.intrinsic_dim",
         f"{lr.intrinsic_dim} is not divisible by the {n_factors} factors of targets {','.join(lr.targets)}",
     )
-    _check(lr.projection_init in INITS, "lowrank.projection_init", f"choose from {INITS}")
     _check(lr.alpha > 0 and math.isfinite(lr.alpha), "lowrank.alpha", f"must be > 0, got {lr.alpha}")
     _check(lr.ri_std > 0, "lowrank.ri_std", f"must be > 0, got {lr.ri_std}")
-    _check(lr.stat_source in SOURCES, "lowrank.stat_source", f"choose from {SOURCES}")
     _check(lr.clip_rounds >= 0, "lowrank.clip_rounds", "must be >= 0")
     _check(lr.clip_sigma > 0, "lowrank.clip_sigma", "must be > 0")
+    _check_layers("lowrank.layers", lr.layers, num_layers)
     op = cfg.optim
     _check(op.popsize >= 2, "optim.popsize", f"must be >= 2, got {op.popsize}")
     _check(op.sigma > 0 and math.isfinite(op.sigma), "optim.sigma", f"must be > 0, got {op.sigma}")
@@ -328,33 +348,54 @@ def validate(cfg: RunConfig, num_layers: int | None = None, model_type: str | No
     _check(op.sparks is None or op.sparks >= 2, "optim.sparks", "must be >= 2")
     s = cfg.search
     _check(s.budget >= 1, "search.budget", f"must be >= 1, got {s.budget}")
-    _check(s.acceptance in ("elitist", "released"), "search.acceptance", "must be elitist or released")
-    _check(s.loss in LOSSES, "search.loss", f"choose from {LOSSES}")
     _check(s.eval_every >= 1, "search.eval_every", f"must be >= 1, got {s.eval_every}")
     _check(s.patience is None or s.patience >= 1, "search.patience", "must be >= 1 or empty")
     _check(s.checkpoint_every >= 1, "search.checkpoint_every", "must be >= 1")
-    if num_layers is not None and lr.layers is not None:
-        bad_layers = [i for i in lr.layers if not -num_layers <= i < num_layers]
-        _check(not bad_layers, "lowrank.layers", f"{bad_layers} out of range for a model with {num_layers} layers")
-        _check(len({i % num_layers for i in lr.layers}) == len(lr.layers), "lowrank.layers", "repeated layer")
-    if cfg.method in DFO_LORA_METHODS and num_layers is not None:
-        adapted = num_layers if lr.layers is None else len(lr.layers)
-        one_round = op.popsize * adapted
-        _check(
-            s.budget >= one_round,
-            "search.budget",
-            f"{s.budget} calls is less than one round over the {num_layers} layers "
-            f"(popsize {op.popsize} x {num_layers} = {one_round})",
-        )
-    if model_type is not None:
-        from .lowrank.arch import ARCHS
-
-        if cfg.method in DFO_LORA_METHODS or cfg.method == "bbtv2":
-            _check(
-                model_type in ARCHS,
-                "model.name",
-                f"architecture {model_type!r} is not in the low-rank patching table ({sorted(set(ARCHS))})",
-            )
-    for check in VALIDATORS:
-        check(cfg, num_layers, model_type)
+    b = cfg.baseline
+    _check(b.lr is None or (b.lr > 0 and math.isfinite(b.lr)), "baseline.lr", f"must be > 0 or empty, got {b.lr}")
+    _check(b.steps is None or b.steps >= 1, "baseline.steps", f"must be >= 1 or empty, got {b.steps}")
+    _check(b.batch_size is None or b.batch_size >= 1, "baseline.batch_size", "must be >= 1 or empty")
+    _check(b.weight_decay >= 0, "baseline.weight_decay", f"must be >= 0, got {b.weight_decay}")
+    _check(b.lora_rank >= 1, "baseline.lora_rank", f"must be >= 1, got {b.lora_rank}")
+    _check(b.lora_alpha > 0, "baseline.lora_alpha", f"must be > 0, got {b.lora_alpha}")
+    _check(len(b.lora_targets) >= 1, "baseline.lora_targets", f"name at least one of {', '.join(TARGET_LETTERS)}")
+    _check(len(set(b.lora_targets)) == len(b.lora_targets), "baseline.lora_targets", "repeated target")
+    _check(b.zo_eps is None or b.zo_eps > 0, "baseline.zo_eps", f"must be > 0 or empty, got {b.zo_eps}")
+    _check(b.prompt_tokens >= 1, "baseline.prompt_tokens", f"must be >= 1, got {b.prompt_tokens}")
+    _check(b.prompt_dim >= 1, "baseline.prompt_dim", f"must be >= 1, got {b.prompt_dim}")
+    _check(b.prompt_alpha > 0 and math.isfinite(b.prompt_alpha), "baseline.prompt_alpha", "must be > 0")
+    _check(b.icl_shots is None or b.icl_shots >= 1, "baseline.icl_shots", "must be >= 1 or empty (= all)")
+    _check(b.init_draws >= 1, "baseline.init_draws", f"must be >= 1, got {b.init_draws}")
+    _check(b.icl_context >= 16, "baseline.icl_context", f"must be >= 16 tokens, got {b.icl_context}")
+    _check_layers("baseline.prompt_layers", b.prompt_layers, num_layers)
     return cfg
+
+
+# -- run identity ---------------------------------------------------------------------------
+IDENTITY_VERSION = 1  # bump when the rule below changes (every run folder name would change)
+NOT_IDENTITY = ("progress",)  # display settings: the same run with or without a progress bar
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def identity_fields(cfg: RunConfig) -> dict[str, Any]:
+    """The fields that make this run what it is: those differing from the defaults (dotted paths).
+
+    A field added later with a default leaves every existing run's identity unchanged.
+    """
+    values, defaults = _flatten(cfg.to_dict()), _flatten(RunConfig().to_dict())
+    return {k: v for k, v in sorted(values.items()) if k not in NOT_IDENTITY and defaults.get(k, object()) != v}
+
+
+def identity(cfg: RunConfig) -> str:
+    """A short hash of ``identity_fields`` and ``IDENTITY_VERSION``: the suffix of a run's folder name."""
+    doc = {"identity_version": IDENTITY_VERSION, "fields": identity_fields(cfg)}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:10]

@@ -9,20 +9,26 @@ starts from one of these, so all of them see the same split, prompts and metric.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import RunConfig, validate
+from .config import RunConfig
 from .data import get_task, load_test, sample_fewshot
 from .data.types import FewShotSplit, TaskSpec, TestSet
+from .fileio import atomic_write_json, read_json
+from .methods import validate
 from .metrics import losses, metric_value
+from .models.packaged import cache_root
 from .models.registry import LoadedModel, load_model, peek_model, resolve_device
 from .models.scoring import EncodedSet, PromptEncoder, VerbalizerHead, class_logits
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # config.DTYPE_NAMES
 # padded tokens per forward pass: CPU caches favour small chunks, GPUs want big ones
 DEFAULT_MAX_TOKENS = {"cpu": 1024, "cuda": 131072}  # measured: SmolLM2 SST-2 on 2 cores, 512-16384
 
@@ -163,3 +169,44 @@ class Experiment:
             "verbalizer": list(self.encoder.template.words),
             "notes": self.task.notes,
         }
+
+
+# -- the zero-shot reference (cached: every method of a task/model/test set reports it) ----------------
+_ZS_MEMORY: dict[str, dict] = {}
+
+
+def zero_shot_key(exp: Experiment) -> str:
+    ident = {
+        "model": exp.loaded.identity,
+        "test": exp.data_identity()["test_digest"],
+        "template": exp.encoder.template.pattern,
+        "words": list(exp.encoder.template.words),
+        "dtype": str(exp.dtype),
+        "max_length": exp.cfg.data.max_length,
+        "zero_lm_bias": exp.cfg.model.zero_lm_bias,
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def zero_shot_cache() -> Path:
+    """Where zero-shot scores are cached (``DFLORA_ZS_CACHE`` overrides; tests use their own)."""
+    env = os.environ.get("DFLORA_ZS_CACHE")
+    return Path(env) if env else cache_root() / "zeroshot"
+
+
+def zero_shot(exp: Experiment, use_cache: bool = True) -> dict:
+    """Test metric of the unadapted model with the manual prompt (the paper's "manual prompt" row)."""
+    key = zero_shot_key(exp)
+    path = zero_shot_cache() / f"{key}.json"
+    if use_cache and key in _ZS_MEMORY:
+        return _ZS_MEMORY[key]
+    if use_cache and path.is_file():
+        _ZS_MEMORY[key] = read_json(path)
+        return _ZS_MEMORY[key]
+    t0 = time.perf_counter()
+    res = exp.evaluate(exp.test_set).as_dict()
+    res["seconds"] = time.perf_counter() - t0
+    _ZS_MEMORY[key] = res
+    if use_cache:
+        atomic_write_json(path, res)
+    return res

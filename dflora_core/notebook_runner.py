@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--convert-only", action="store_true", help="write the .ipynb files, execute nothing")
     args = ap.parse_args(argv)
 
-    from .profiles import load_profile
+    from .workbench.profiles import load_profile
 
     try:
         profile = load_profile(args.profile).with_paths(args.runs_root, args.figures_dir)
@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         if figures.is_dir()
         else []
     )
-    from .results.io import atomic_write_json, machine_info
+    from .environment import machine_info
+    from .fileio import atomic_write_json
 
     atomic_write_json(
         build / "timings.json",

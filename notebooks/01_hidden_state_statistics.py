@@ -60,8 +60,8 @@ params = _guard.validate(globals())
 
 from IPython.display import Markdown, display
 
-from dflora_core import plotting, studies
 from dflora_core.notebook_params import open_profile
+from dflora_core.workbench import analyses, plotting
 
 prof = open_profile(params)
 root, figdir = prof.path("runs_root"), prof.path("figures_dir")
@@ -76,8 +76,8 @@ model_list = [m.strip() for m in params.models.split(",") if m.strip()] or list(
 # per task on a CPU.
 
 # %%
-result = studies.hidden_stats_study(prof, task_list, model_list, progress=print)
-path = studies.save_analysis(root, "hidden_stats", result)
+result = analyses.hidden_stats_study(prof, task_list, model_list, progress=print)
+path = analyses.save_analysis(root, "hidden_stats", result)
 print(f"recorded: {path}")
 
 # %% [markdown]
@@ -104,7 +104,7 @@ display(fig)
 # $\alpha = 1$ wrecks SmolLM2 and $\alpha = 0.05$ works).
 
 # %%
-summary = studies.implied_scale_summary(result)
+summary = analyses.implied_scale_summary(result)
 display(summary)
 display(Markdown(f"`alpha` = {result['alpha']}, `d` = {result['intrinsic_dim']}, `sigma` = {result['sigma']}"))
 

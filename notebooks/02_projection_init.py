@@ -55,8 +55,8 @@ params = _guard.validate(globals())
 
 from IPython.display import display
 
-from dflora_core import plotting, studies
 from dflora_core.notebook_params import open_profile
+from dflora_core.workbench import analyses, plans, plotting
 
 prof = open_profile(params)
 root, figdir = prof.path("runs_root"), prof.path("figures_dir")
@@ -70,7 +70,7 @@ print(f"profile values: d={lr.intrinsic_dim}, r={lr.rank}, sigma={op.sigma}, alp
 # sample of their real inputs $X$ from the few-shot batch of the profile's projection task.
 
 # %%
-study = studies.ProjectionStudy(prof)
+study = analyses.ProjectionStudy(prof)
 print(f"{study.loaded.name}: {study.num_layers} layers, targets {','.join(study.targets)}")
 
 # %% [markdown]
@@ -80,8 +80,8 @@ print(f"{study.loaded.name}: {study.num_layers} layers, targets {','.join(study.
 # the statistic measured on the residual stream and on the projection input.
 
 # %%
-result = study.study(studies.default_projection_settings(prof))
-studies.save_analysis(root, "projection", result)
+result = study.study(analyses.default_projection_settings(prof))
+analyses.save_analysis(root, "projection", result)
 fig = plotting.projection_figure(result)
 plotting.save(fig, figdir, "projection_scale", prof.figures.formats, prof.figures.dpi)
 display(fig)
@@ -107,9 +107,9 @@ if params.interactive:
     import ipywidgets as W
     import matplotlib.pyplot as plt
 
-    d_profile = studies.round_dim(lr.intrinsic_dim, len(study.targets))
+    d_profile = plans.round_dim(lr.intrinsic_dim, len(study.targets))
     d_options = sorted(
-        {studies.round_dim(x, len(study.targets)) for x in (10, 50, 100, 200, 500, 1000, 1600)} | {d_profile}
+        {plans.round_dim(x, len(study.targets)) for x in (10, 50, 100, 200, 500, 1000, 1600)} | {d_profile}
     )
 
     def explore(init, source, d, sigma, alpha, rank):

@@ -62,13 +62,13 @@ params = _guard.validate(globals())
 
 from IPython.display import display
 
-from dflora_core import live, plotting, studies
 from dflora_core.models.registry import load_model
 from dflora_core.notebook_params import open_profile
+from dflora_core.workbench import live, plans, plotting, tables
 
 prof = open_profile(params)
 root, figdir = prof.path("runs_root"), prof.path("figures_dir")
-plan = studies.training_plan(prof)
+plan = plans.training_plan(prof)
 cfg0 = plan[0].cfg
 print(
     f"task {cfg0.data.task}, seed {cfg0.seed}, model {cfg0.model.name}, layers {cfg0.lowrank.layers or 'all'}, "
@@ -122,7 +122,7 @@ for m in rest:
 summary = live.training_summary(list(records.values()))
 display(summary.set_index("method"))
 caption = f"Live training runs ({prof.label}): final test score of the best-dev snapshot against zero-shot."
-studies.write_table(summary.set_index("method"), figdir, "table_training", caption)
+tables.write_table(summary.set_index("method"), figdir, "table_training", caption)
 for m, rec in records.items():
     fig = plotting.record_training_figure(rec, prof.name)
     plotting.save(fig, figdir, f"training_{m}", prof.figures.formats, prof.figures.dpi)

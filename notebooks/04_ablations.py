@@ -56,23 +56,24 @@ params = _guard.validate(globals())
 
 from IPython.display import Markdown, display
 
-from dflora_core import live, plotting, studies
 from dflora_core.errors import ConfigError
 from dflora_core.notebook_params import open_profile
+from dflora_core.workbench import collect, grid, live, plans, plotting, tables
 
 prof = open_profile(params)
 root, figdir = prof.path("runs_root"), prof.path("figures_dir")
-chosen = [s.strip() for s in params.studies_to_run.split(",") if s.strip()] or ["main", *studies.STUDIES]
-bad = [s for s in chosen if s not in ("main", *studies.STUDIES)]
+chosen = [s.strip() for s in params.studies_to_run.split(",") if s.strip()] or ["main", *plans.STUDIES]
+bad = [s for s in chosen if s not in ("main", *plans.STUDIES)]
 if bad:
-    raise ConfigError("studies_to_run", f"unknown {bad}; choose from main, {', '.join(studies.STUDIES)}")
-plan_main = studies.main_plan(prof) if "main" in chosen else []
-plan_abl = studies.ablation_plan(prof, [s for s in chosen if s != "main"])
-peers, missing = studies.registered_peers(prof)
+    raise ConfigError("studies_to_run", f"unknown {bad}; choose from main, {', '.join(plans.STUDIES)}")
+plan_main = plans.main_plan(prof) if "main" in chosen else []
+plan_abl = plans.ablation_plan(prof, [s for s in chosen if s != "main"])
+plan_noopt = plans.noopt_plan(prof) if "init" in chosen else []  # the init study's "w/o optimisation" arm
+peers, missing = plans.registered_peers(prof)
 if missing:
     print(f"peers not registered (skipped): {', '.join(missing)}")
-todo = studies.unique_runs(plan_main + plan_abl)
-fresh = [p for p in todo if not studies.is_recorded(root, p.cfg)]
+todo = plans.unique_runs(plan_main + plan_abl + plan_noopt)
+fresh = [p for p in todo if not grid.is_recorded(root, p.cfg)]
 print(f"{len(todo)} distinct runs, {len(todo) - len(fresh)} already recorded, {len(fresh)} to run")
 b = prof.ablation_base
 print(
@@ -86,9 +87,9 @@ print(
 
 # %%
 progress = live.GridProgress(params.interactive)
-records = studies.run_plan(plan_main + plan_abl, root, progress)
+records = plans.run_plan(plan_main + plan_abl + plan_noopt, root, progress)
 progress.close()
-noopt = studies.init_without_optimisation(prof, root, progress=print) if "init" in chosen else []
+noopt = collect.noopt_records(prof, records)
 
 # %% [markdown]
 # ## Main comparison
@@ -96,10 +97,10 @@ noopt = studies.init_without_optimisation(prof, root, progress=print) if "init" 
 # Test metric $\times 100$, mean (std) over seeds.
 
 # %%
-all_records = studies.profile_records(prof)
-table, counts = studies.main_table(prof, all_records)
+all_records = collect.profile_records(prof)
+table, counts = tables.main_table(collect.main_records(prof, all_records), prof.main.tasks)
 display(table)
-studies.write_table(
+tables.write_table(
     table, figdir, "table_main", f"Main comparison ({prof.label}): test metric x 100, mean (std) over seeds."
 )
 
@@ -110,17 +111,17 @@ studies.write_table(
 # the train loss of the final configuration (low values with no test gain: over-fitting).
 
 # %%
-frame = studies.study_frame(plan_abl, records)
-for study in [s for s in studies.STUDIES if s in chosen]:
+frame = collect.study_frame(plan_abl, records)
+for study in [s for s in plans.STUDIES if s in chosen]:
     if study == "init":
-        t = studies.init_table(frame, noopt)
+        t = tables.init_table(frame, noopt)
         title = "Initialisation (the paper's Table 4): test metric x 100, mean (std) over seeds"
     else:
-        t = studies.study_table(frame, study)
-        title = f"Ablation: {studies.STUDY_TITLES[study]}: test metric x 100, mean (std) over seeds"
+        t = tables.study_table(frame, study, plans.STUDY_TITLES[study])
+        title = f"Ablation: {plans.STUDY_TITLES[study]}: test metric x 100, mean (std) over seeds"
     display(Markdown(f"**{title}**"))
     display(t)
-    studies.write_table(t, figdir, f"table_{study}", f"{title} ({prof.label}).")
+    tables.write_table(t, figdir, f"table_{study}", f"{title} ({prof.label}).")
 
 # %% [markdown]
 # ## Subspace dimension and rank

@@ -52,13 +52,14 @@ params = _guard.validate(globals())
 
 from IPython.display import Markdown, display
 
-from dflora_core import plotting, studies
+from dflora_core import methods
 from dflora_core.notebook_params import open_profile
+from dflora_core.workbench import analyses, collect, plans, plotting, tables
 
 prof = open_profile(params)
 root, figdir = prof.path("runs_root"), prof.path("figures_dir")
 fmt = {"formats": prof.figures.formats, "dpi": prof.figures.dpi}
-records = studies.profile_records(prof)
+records = collect.profile_records(prof)
 print(f"{len(records)} records under {root}")
 written = []
 
@@ -69,7 +70,7 @@ def save(fig, name):
 
 
 def table(t, name, caption):
-    written.extend(studies.write_table(t, figdir, name, f"{caption} ({prof.label})."))
+    written.extend(tables.write_table(t, figdir, name, f"{caption} ({prof.label})."))
     display(Markdown(f"**{caption}**"))
     display(t)
 
@@ -78,15 +79,15 @@ def table(t, name, caption):
 # ## Main comparison and cost (Tables 1-3)
 
 # %%
-main, counts = studies.main_table(prof, records)
+main, counts = tables.main_table(collect.main_records(prof, records), prof.main.tasks)
 table(main, "table_main", "Main comparison: test metric x 100, mean (std) over seeds")
-cost = studies.cost_table(prof, records)
+cost = tables.cost_table(collect.study_frame(plans.main_plan(prof), records))
 table(
     cost,
     "table_cost",
     "Memory and time per method (peak memory: the notebook kernel's peak RSS on CPU, CUDA max allocated on GPU)",
 )
-missing = studies.missing_runs(studies.main_plan(prof), records)
+missing = collect.missing_runs(plans.main_plan(prof), records)
 if missing:
     print(
         f"{len(missing)} planned main runs have no record yet (run notebook 04): "
@@ -94,7 +95,7 @@ if missing:
     )
 
 # %%
-save(plotting.main_comparison_figure(studies.main_records(prof, records), prof.name), "main_comparison")
+save(plotting.main_comparison_figure(collect.main_records(prof, records), prof.name), "main_comparison")
 
 # %% [markdown]
 # ## Convergence
@@ -103,10 +104,10 @@ save(plotting.main_comparison_figure(studies.main_records(prof, records), prof.n
 # dev metric against fitness evaluations, for the layer-wise runs of the main grid.
 
 # %%
-idx = studies.index_records(records)
-dfo_main = [idx[p.key] for p in studies.main_plan(prof) if p.key in idx and p.cfg.method in studies.DFO_LORA_METHODS]
+idx = collect.index_records(records)
+dfo_main = [idx[p.key] for p in plans.main_plan(prof) if p.key in idx and methods.is_layerwise_lora(p.cfg.method)]
 save(plotting.convergence_figure(dfo_main, prof.name, "convergence: main runs"), "convergence")
-plan_opt = studies.ablation_plan(prof, ["optimizer"])
+plan_opt = plans.ablation_plan(prof, ["optimizer"])
 opt_recs = [idx[p.key] for p in plan_opt if p.key in idx]
 save(
     plotting.convergence_figure(opt_recs, prof.name, "convergence: per-layer optimizer (ablation)"),
@@ -121,13 +122,11 @@ save(
 # seeds, with the cost columns; and, where it holds layer-wise runs, their convergence curves.
 
 # %%
-from dflora_core import compare
-
-for name, recs in studies.comparison_roots(prof):
-    grid, _counts, zero_shot = compare.main_table(recs, studies.method_order(r["method"] for r in recs))
+for name, recs in collect.comparison_roots(prof):
+    grid, _counts, zero_shot = tables.comparison_table(recs, tables.method_order(r["method"] for r in recs))
     zs = ", ".join(f"{t} {v}" for t, v in zero_shot.items())
     table(grid, f"table_{name}", f"Comparison grid {name}: test metric x 100, mean (std) over seeds; zero-shot {zs}")
-    dfo = [r for r in recs if r["method"] in studies.DFO_LORA_METHODS]
+    dfo = [r for r in recs if methods.is_layerwise_lora(r["method"])]
     if dfo:
         save(plotting.convergence_figure(dfo, prof.name, f"convergence: {name}"), f"convergence_{name}")
 
@@ -135,31 +134,31 @@ for name, recs in studies.comparison_roots(prof):
 # ## Ablations (Figures 3, 4 and Tables 4, 6)
 
 # %%
-plan_abl = studies.ablation_plan(prof)
-frame = studies.study_frame(plan_abl, records)
+plan_abl = plans.ablation_plan(prof)
+frame = collect.study_frame(plan_abl, records)
 save(plotting.dimension_figure(frame, records, prof.name), "subspace_dimension")
 save(plotting.rank_figure(frame, records, prof.name), "rank")
-noopt = studies.noopt_records(prof, records)
-table(studies.init_table(frame, noopt), "table_init", "Initialisation (the paper's Table 4): test metric x 100")
+noopt = collect.noopt_records(prof, records)
+table(tables.init_table(frame, noopt), "table_init", "Initialisation (the paper's Table 4): test metric x 100")
 for study in ("rank", "intrinsic_dim", "targets", "optimizer"):
     table(
-        studies.study_table(frame, study),
+        tables.study_table(frame, study, plans.STUDY_TITLES[study]),
         f"table_{study}",
-        f"Ablation: {studies.STUDY_TITLES[study]}: test metric x 100, mean (std) over seeds",
+        f"Ablation: {plans.STUDY_TITLES[study]}: test metric x 100, mean (std) over seeds",
     )
 
 # %% [markdown]
 # ## The analyses of notebooks 01 and 02
 
 # %%
-stats = studies.load_analysis(root, "hidden_stats")
+stats = analyses.load_analysis(root, "hidden_stats")
 if stats:
     save(plotting.hidden_stats_figure(stats), "hidden_state_stats")
-proj = studies.load_analysis(root, "projection")
+proj = analyses.load_analysis(root, "projection")
 if proj:
     save(plotting.projection_figure(proj), "projection_scale")
 for m in prof.training.methods:
-    p = [x for x in studies.training_plan(prof) if x.cfg.method == m][0]
+    p = [x for x in plans.training_plan(prof) if x.cfg.method == m][0]
     if p.key in idx:
         save(plotting.record_training_figure(idx[p.key], prof.name), f"training_{m}")
 

@@ -10,9 +10,9 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Zero-shot results are cached per user; tests get their own cache (the model cache is kept)."""
-    import dflora_core.runner as runner
+    import dflora_core.experiment as experiment
 
-    runner._ZS_MEMORY.clear()
+    experiment._ZS_MEMORY.clear()
     old = os.environ.get("DFLORA_ZS_CACHE")
     os.environ["DFLORA_ZS_CACHE"] = str(tmp_path_factory.mktemp("zscache"))
     yield

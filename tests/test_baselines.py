@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from dflora_core.config import METHODS, RunConfig, field_docs, from_dict, validate
+from dflora_core.config import RunConfig, field_docs, from_dict
 from dflora_core.errors import ConfigError
+from dflora_core.methods import METHODS, load_runner, validate
 
 BASELINES = (
     "zeroshot-calibrated",
@@ -65,12 +66,14 @@ def state_digest(model) -> float:
 
 
 # -- registration, config ------------------------------------------------------------------------
-def test_every_baseline_is_registered_with_a_runner():
-    from dflora_core.baselines import BASELINE_METHODS
-    from dflora_core.runner import RUNNERS
+def test_every_method_in_the_table_has_a_runner_and_a_family():
+    from dflora_core.methods import FAMILIES
 
     for m in BASELINES:
-        assert m in METHODS and m in RUNNERS and m in BASELINE_METHODS
+        assert m in METHODS
+    for m, spec in METHODS.items():
+        assert callable(load_runner(m)), m
+        assert spec.family in FAMILIES and spec.description
 
 
 def test_baseline_fields_have_a_rationale_and_validate():
@@ -350,7 +353,7 @@ CASES = [
 
 @pytest.mark.parametrize("method, model, changes", CASES, ids=[f"{m}-{n}-{len(c)}" for m, n, c in CASES])
 def test_runs_end_to_end_and_records(tiny_models, tmp_path, method, model, changes):
-    from dflora_core.results.io import read_json
+    from dflora_core.fileio import read_json
     from dflora_core.runner import run
 
     if method in ("lora", "ft") or method.startswith("zo") or method == "forward-grad":

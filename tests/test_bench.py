@@ -62,7 +62,12 @@ def test_exact_strategies_rank_like_fp32(model):
     assert by["scored-head"].gflop_per_eval < by["trim"].gflop_per_eval
     assert by["prefix-reuse"].layer_tokens_per_eval < by["scored-head"].layer_tokens_per_eval
     assert by["prefix-reuse"].prefix_reuse_exact is True
-    assert by["bf16"].max_abs_fitness_diff < 0.5  # reduced precision: close, ranking not asserted on random weights
+    gemm = extra["gemm_gflops"]
+    if gemm["bfloat16"] < bench.SLOW_DTYPE * gemm["float32"]:  # no native bf16 kernels on this CPU: not timed
+        assert by["bf16"].error.startswith("skipped: bfloat16 matmuls run at")
+        assert by["bf16"].max_abs_fitness_diff is None and not by["bf16"].fastest_faithful
+    else:  # reduced precision: close, ranking not asserted on random weights
+        assert by["bf16"].max_abs_fitness_diff < 0.5
     assert sum(r.fastest_faithful for r in rows) == 1
     assert not any(isinstance(m, LowRankWrapper) for m in model_obj.modules())
 

@@ -2,8 +2,9 @@
 
 import pytest
 
-from dflora_core.config import RunConfig, field_docs, from_dict, validate
+from dflora_core.config import RunConfig, field_docs, from_dict
 from dflora_core.errors import ConfigError
+from dflora_core.methods import validate
 
 
 def test_defaults_validate_and_round_trip():

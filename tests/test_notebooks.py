@@ -47,8 +47,8 @@ def test_every_notebook_is_expected():
 
 # -- profiles ------------------------------------------------------------------------------------------
 def test_shipped_profiles_load_and_plan_valid_runs():
-    from dflora_core.profiles import available_profiles, load_profile
-    from dflora_core.studies import all_planned, training_plan, unique_runs
+    from dflora_core.workbench.plans import all_planned, training_plan, unique_runs
+    from dflora_core.workbench.profiles import available_profiles, load_profile
 
     assert {"smoke", "quick", "paper"} <= set(available_profiles())
     for name in ("smoke", "quick", "paper"):
@@ -76,7 +76,7 @@ def test_shipped_profiles_load_and_plan_valid_runs():
 )
 def test_profile_errors_name_the_key(change, field):
     from dflora_core.config import _merge, load_yaml
-    from dflora_core.profiles import CONFIG_DIR, profile_from_dict
+    from dflora_core.workbench.profiles import CONFIG_DIR, profile_from_dict
 
     data = _merge(load_yaml(CONFIG_DIR / "smoke.yaml"), change)
     with pytest.raises(ConfigError) as err:
@@ -86,7 +86,7 @@ def test_profile_errors_name_the_key(change, field):
 
 def test_profile_rejects_a_run_shorter_than_one_round():
     from dflora_core.config import _merge, load_yaml
-    from dflora_core.profiles import CONFIG_DIR, profile_from_dict
+    from dflora_core.workbench.profiles import CONFIG_DIR, profile_from_dict
 
     data = _merge(load_yaml(CONFIG_DIR / "smoke.yaml"), {"ablations": {"run": {"search": {"budget": 5}}}})
     with pytest.raises(ConfigError, match="search.budget"):
@@ -195,7 +195,7 @@ def test_figures_are_deterministic_and_labelled(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from dflora_core import plotting
+    from dflora_core.workbench import plotting
 
     blobs = []
     for k in range(2):
@@ -220,10 +220,10 @@ def one_thread():
 
 
 def test_run_n_more_generations_gives_the_same_record(tmp_path, one_thread):
-    from dflora_core.live import TrainingSession
-    from dflora_core.profiles import load_profile
-    from dflora_core.results.grid import run_grid
-    from dflora_core.studies import training_plan
+    from dflora_core.workbench.grid import run_grid
+    from dflora_core.workbench.live import TrainingSession
+    from dflora_core.workbench.plans import training_plan
+    from dflora_core.workbench.profiles import load_profile
 
     prof = load_profile("smoke")
     planned = training_plan(prof)[0]
@@ -288,9 +288,10 @@ def test_rerun_reuses_runs_and_regenerates_identical_figures(smoke_sequence, one
     import matplotlib
 
     matplotlib.use("Agg")
-    from dflora_core import plotting
-    from dflora_core.profiles import load_profile
-    from dflora_core.studies import ablation_plan, index_records, load_all_records, main_plan, run_plan, study_frame
+    from dflora_core.workbench import plotting
+    from dflora_core.workbench.collect import index_records, load_all_records, study_frame
+    from dflora_core.workbench.plans import ablation_plan, main_plan, run_plan
+    from dflora_core.workbench.profiles import load_profile
 
     runs, figures = smoke_sequence["runs"], smoke_sequence["figures"]
     records = sorted(runs.glob("**/record.json"))

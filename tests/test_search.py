@@ -10,7 +10,7 @@ from dflora_core.config import from_dict
 from dflora_core.experiment import Experiment
 from dflora_core.runner import run
 from dflora_core.search.loop import LayerwiseSearch
-from dflora_core.search.restore import load_adapted
+from dflora_core.search.method import load_adapted
 
 BASE = {
     "model": {"name": "tiny-llama", "device": "cpu"},

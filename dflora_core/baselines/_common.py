@@ -1,4 +1,4 @@
-"""What the peer methods share: registration, validation, budget accounting and the step loop.
+"""What the peer methods share: budget accounting, differentiable scoring and the step loop.
 
 Budget accounting (docs/baselines.md). The common currency is the paper's "API call", one
 fitness evaluation = one forward pass over the whole few-shot train set (N examples). A
@@ -25,18 +25,16 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 
-from ..config import RunConfig, register_method, register_validator
-from ..errors import ConfigError, DfloraError
+from ..config import RunConfig
+from ..errors import DfloraError
 from ..experiment import Experiment
+from ..methods import RunContext
 from ..metrics import losses
 from ..models.scoring import EncodedSet, autocast
-from ..results.record import RunFolder
-from ..runner import register_runner
-
-BASELINE_METHODS: dict[str, str] = {}  # method -> family module (for docs and compare)
+from ..search.selection import DevSelection
+from ..seeds import generator
 
 # per step and per example of the batch: (forward passes, backward passes, jvp passes)
 STEP_COST = {
@@ -49,64 +47,6 @@ STEP_COST = {
 }
 BACKWARD_COST = 2.0  # forward-pass equivalents of one backward pass ("compute" matching)
 JVP_EXTRA_COST = 1.0  # a jvp = its forward + about one more forward for the tangent
-
-CALIBRATIONS = ("auto", "none", "cc", "bias", "threshold")
-PROMPT_INITS = ("vocab", "zeros")
-
-
-def register(name: str, description: str, runner, family: str) -> None:
-    register_method(name, description)
-    register_runner(name, runner)
-    BASELINE_METHODS[name] = family
-
-
-# -- validation ---------------------------------------------------------------------------------
-def _check(cond: bool, name: str, message: str) -> None:
-    if not cond:
-        raise ConfigError(name, message)
-
-
-def check_baseline(cfg: RunConfig, num_layers: int | None = None, model_type: str | None = None) -> None:
-    """Every baseline.* value, plus the method-specific rules (a ConfigError names the field)."""
-    b = cfg.baseline
-    _check(b.lr is None or (b.lr > 0 and math.isfinite(b.lr)), "baseline.lr", f"must be > 0 or empty, got {b.lr}")
-    _check(b.steps is None or b.steps >= 1, "baseline.steps", f"must be >= 1 or empty, got {b.steps}")
-    _check(b.batch_size is None or b.batch_size >= 1, "baseline.batch_size", "must be >= 1 or empty")
-    _check(b.budget_match in ("forward", "compute"), "baseline.budget_match", "must be forward or compute")
-    _check(b.weight_decay >= 0, "baseline.weight_decay", f"must be >= 0, got {b.weight_decay}")
-    _check(b.lora_rank >= 1, "baseline.lora_rank", f"must be >= 1, got {b.lora_rank}")
-    _check(b.lora_alpha > 0, "baseline.lora_alpha", f"must be > 0, got {b.lora_alpha}")
-    bad = [t for t in b.lora_targets if t not in ("q", "k", "v", "o")]
-    _check(bool(b.lora_targets) and not bad, "baseline.lora_targets", f"choose from q, k, v, o (got {b.lora_targets})")
-    _check(len(set(b.lora_targets)) == len(b.lora_targets), "baseline.lora_targets", "repeated target")
-    _check(b.zo_params in ("lora", "all"), "baseline.zo_params", f"must be lora or all, got {b.zo_params!r}")
-    _check(b.zo_eps is None or b.zo_eps > 0, "baseline.zo_eps", f"must be > 0 or empty, got {b.zo_eps}")
-    _check(b.prompt_tokens >= 1, "baseline.prompt_tokens", f"must be >= 1, got {b.prompt_tokens}")
-    _check(b.prompt_dim >= 1, "baseline.prompt_dim", f"must be >= 1, got {b.prompt_dim}")
-    _check(b.prompt_alpha > 0 and math.isfinite(b.prompt_alpha), "baseline.prompt_alpha", "must be > 0")
-    _check(b.prompt_init in PROMPT_INITS, "baseline.prompt_init", f"choose from {PROMPT_INITS}")
-    _check(b.calibration in CALIBRATIONS, "baseline.calibration", f"choose from {CALIBRATIONS}")
-    _check(b.icl_shots is None or b.icl_shots >= 1, "baseline.icl_shots", "must be >= 1 or empty (= all)")
-    _check(b.icl_context >= 16, "baseline.icl_context", f"must be >= 16 tokens, got {b.icl_context}")
-    if b.prompt_layers is not None:
-        _check(len(b.prompt_layers) >= 1, "baseline.prompt_layers", "name at least one layer or leave empty")
-        if num_layers:
-            out = [i for i in b.prompt_layers if not -num_layers <= i < num_layers]
-            _check(not out, "baseline.prompt_layers", f"{out} out of range for a model with {num_layers} layers")
-            uniq = {i % num_layers for i in b.prompt_layers}
-            _check(len(uniq) == len(b.prompt_layers), "baseline.prompt_layers", "repeated layer")
-    if cfg.method in STEP_COST:
-        _check(cfg.search.loss != "neg_metric" or cfg.method.startswith("zo-"), "search.loss",
-               f"{cfg.method} needs a differentiable loss: ce or hinge")  # fmt: skip
-    if cfg.method == "bbtv2" and num_layers:
-        adapted = num_layers if b.prompt_layers is None else len(b.prompt_layers)
-        one_round = cfg.optim.popsize * adapted
-        _check(cfg.search.budget >= one_round, "search.budget",
-               f"{cfg.search.budget} calls is less than one round of bbtv2 over {adapted} layers "
-               f"(popsize {cfg.optim.popsize} x {adapted} = {one_round})")  # fmt: skip
-
-
-register_validator(check_baseline)
 
 
 # -- budgets ----------------------------------------------------------------------------------------
@@ -244,60 +184,58 @@ def restore(params: dict[str, torch.Tensor], snap: dict[str, torch.Tensor]) -> N
             v.copy_(snap[k].to(v.device))
 
 
-def run_steps(method: StepMethod, exp: Experiment, folder: RunFolder, resume: bool, callbacks: dict) -> dict:
+def run_steps(method: StepMethod, exp: Experiment, ctx: RunContext) -> dict:
     """Take the planned steps with dev-based model selection; leaves the best-dev state installed."""
     cfg = exp.cfg
     plan = plan_budget(cfg, len(exp.train))
-    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 7]))
+    rng = generator(cfg.seed, "step_order", scheme=cfg.seed_scheme)
     numel = sum(p.numel() for p in method.params.values())
+    selection = DevSelection(cfg.search.patience)
     state = {
         "step": 0,
         "calls": 0.0,
         "next_eval": float(cfg.search.eval_every),
-        "best_dev": None,
         "best_step": None,
-        "dev_curve": [],
         "history": [],
         "order": [],
         "seconds": 0.0,
     }
     best = None
-    ckpt = folder.load_checkpoint() if resume else None
+    ckpt = ctx.load_checkpoint()
     if ckpt is not None and ckpt.get("kind") == "steps" and ckpt.get("plan") == plan.as_dict():
         restore(method.params, ckpt["params"])
         method.load_opt_state(ckpt["opt"])
         method.forward_rows, method.backward_rows, method.jvp_rows = ckpt["rows"]
         rng.bit_generator.state = ckpt["rng"]
         state, best = ckpt["state"], ckpt["best"]
+        selection.load_state_dict(ckpt["selection"])
+    on_eval = ctx.callback("on_eval")
 
     def evaluate_dev() -> None:
         nonlocal best
         method.refresh()
         res = exp.evaluate(exp.dev)
         row = {"calls": state["calls"], "step": state["step"], **res.as_dict(), "selected": False}
-        cur = state["best_dev"]
-        if cur is None or (res.value, -res.loss) > (cur["value"], -cur["loss"]):
-            row["selected"] = True
-            state["best_dev"], state["best_step"] = dict(row), state["step"]
+        if selection.offer(row):
+            state["best_step"] = state["step"]
             best = snapshot(method.params)
-        state["dev_curve"].append(row)
-        if callbacks.get("on_eval"):
-            callbacks["on_eval"](method, row)
+        if on_eval is not None:
+            on_eval(method, row)
 
     def save() -> None:
-        if folder.path is None or numel > CHECKPOINT_MAX_NUMEL:
+        if ctx.path is None or numel > CHECKPOINT_MAX_NUMEL:
             return
-        folder.save_checkpoint({
+        ctx.save_checkpoint({
             "kind": "steps", "plan": plan.as_dict(), "params": snapshot(method.params), "opt": method.opt_state(),
             "rows": (method.forward_rows, method.backward_rows, method.jvp_rows), "rng": rng.bit_generator.state,
-            "state": copy.deepcopy(state), "best": best,
+            "state": copy.deepcopy(state), "best": best, "selection": selection.state_dict(),
         })  # fmt: skip
 
     from tqdm.auto import tqdm
 
     bar = tqdm(total=plan.steps, initial=state["step"], disable=not cfg.progress, unit="step", desc=cfg.method)
     try:
-        if state["step"] == 0 and not state["dev_curve"] and cfg.search.select_start:
+        if state["step"] == 0 and not selection.curve and cfg.search.select_start:
             evaluate_dev()
         while state["step"] < plan.steps:
             if not state["order"]:
@@ -326,10 +264,9 @@ def run_steps(method: StepMethod, exp: Experiment, folder: RunFolder, resume: bo
                     evaluate_dev()
                     evaluated = True
                     save()
-            if cfg.search.patience and state["best_dev"] is not None:
-                if state["calls"] - state["best_dev"]["calls"] >= cfg.search.patience:
-                    break
-        if not state["dev_curve"] or state["dev_curve"][-1]["step"] != state["step"]:
+            if selection.out_of_patience(state["calls"]):
+                break
+        if not selection.curve or selection.curve[-1]["step"] != state["step"]:
             evaluate_dev()  # the final state is a selection candidate too
     finally:
         bar.close()
@@ -337,8 +274,8 @@ def run_steps(method: StepMethod, exp: Experiment, folder: RunFolder, resume: bo
     if best is not None:
         restore(method.params, best)
     method.refresh()
-    folder.write_json("dev_curve.json", state["dev_curve"])
-    folder.write_json("history.json", state["history"])
+    ctx.write_json("dev_curve.json", selection.curve)
+    ctx.write_json("history.json", state["history"])
     stopped = "budget" if state["step"] >= plan.steps else "patience"
     selected_start = state["best_step"] == 0
     return {
@@ -346,7 +283,7 @@ def run_steps(method: StepMethod, exp: Experiment, folder: RunFolder, resume: bo
         "steps": state["step"],
         "stopped": stopped,
         "budget_plan": plan.as_dict(),
-        "best_dev": state["best_dev"],
+        "best_dev": selection.best,
         "best_step": state["best_step"],
         "selected_start": selected_start,
         "forward_passes": method.forward_rows,
@@ -354,7 +291,7 @@ def run_steps(method: StepMethod, exp: Experiment, folder: RunFolder, resume: bo
         "jvp_passes": method.jvp_rows,
         "fitness_seconds": state["seconds"],
         "final_train_loss": state["history"][-1]["loss"] if state["history"] else None,
-        "dev_curve": state["dev_curve"],
+        "dev_curve": selection.curve,
     }
 
 

@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from ..experiment import Experiment
+from ..methods import RunContext
 from ..metrics import metric_value
-from ..results.record import RunFolder
-from ._common import register
 
 CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. 2021, as plain text (never the model's own mask token)
 
@@ -94,7 +93,7 @@ def content_free_bias(exp: Experiment) -> tuple[torch.Tensor, int]:
     return -probs.clamp_min(1e-12).log(), len(rows)
 
 
-def run_calibrated(exp: Experiment, folder: RunFolder, resume: bool, callbacks: dict) -> dict:
+def run_calibrated(exp: Experiment, ctx: RunContext) -> dict:
     choice = exp.cfg.baseline.calibration
     metric = exp.task.metric
     train_lg, dev_lg = exp.logits(exp.train), exp.logits(exp.dev)
@@ -122,7 +121,7 @@ def run_calibrated(exp: Experiment, folder: RunFolder, resume: bool, callbacks: 
     bias = fits[chosen]
     test_res = exp.score(exp.logits(exp.test_set) + bias, exp.test_set).as_dict()
     dev_res = exp.score(dev_lg + bias, exp.dev).as_dict()
-    folder.write_json("calibration.json", {"chosen": chosen, "candidates": rows})
+    ctx.write_json("calibration.json", {"chosen": chosen, "candidates": rows})
     return {
         "test": test_res,
         "calls": 1,  # one forward over the train set
@@ -136,6 +135,3 @@ def run_calibrated(exp: Experiment, folder: RunFolder, resume: bool, callbacks: 
         "params_stored": C,
     }
 
-
-register("zeroshot-calibrated", "the manual prompt with its label bias corrected on the train set "
-         "(contextual calibration / fitted bias / threshold, chosen on dev)", run_calibrated, "calibrated")  # fmt: skip

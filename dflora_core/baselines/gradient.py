@@ -21,9 +21,10 @@ import torch
 from ..errors import DfloraError
 from ..experiment import Experiment
 from ..lowrank.arch import arch_spec
+from ..methods import RunContext
 from ..models.scoring import VerbalizerHead
-from ..results.record import RunFolder
-from ._common import StepMethod, batch_loss_terms, make_loss, register, run_steps, snapshot
+from ..seeds import derive
+from ._common import StepMethod, batch_loss_terms, make_loss, run_steps, snapshot
 
 DEFAULT_LR = {"lora": 5e-4, "ft": 1e-5}  # LoRA: usual few-shot range 1e-4..1e-3; FT: LM-BFF's 1e-5
 
@@ -123,6 +124,11 @@ class GradientStep(StepMethod):
                 self.exp.head = live_head(self.exp)
 
 
+def lora_seed(exp: Experiment) -> int:
+    """The seed of PEFT's LoRA initialisation (shared by the gradient and zeroth-order baselines)."""
+    return derive(exp.cfg.seed, "lora_init", scheme=exp.cfg.seed_scheme)
+
+
 def _finish(exp: Experiment, result: dict) -> dict:
     if result["selected_start"]:
         result["test"] = None  # the start is the unadapted model: test = zero-shot
@@ -132,18 +138,18 @@ def _finish(exp: Experiment, result: dict) -> dict:
     return result
 
 
-def run_lora(exp: Experiment, folder: RunFolder, resume: bool, callbacks: dict) -> dict:
+def run_lora(exp: Experiment, ctx: RunContext) -> dict:
     b = exp.cfg.baseline
     lr = b.lr or DEFAULT_LR["lora"]
-    with peft_lora(exp, b.lora_rank, b.lora_alpha, b.lora_targets, exp.cfg.seed) as (params, info):
+    with peft_lora(exp, b.lora_rank, b.lora_alpha, b.lora_targets, lora_seed(exp)) as (params, info):
         method = GradientStep(exp, params, lr, b.weight_decay, full=False)
-        result = run_steps(method, exp, folder, resume, callbacks)
+        result = run_steps(method, exp, ctx)
         result = _finish(exp, result)
     n = info["lora_params"]
     return {**result, "lr": lr, "optimizer": "adamw", "lora": info, "params_optimised": n, "params_stored": n}
 
 
-def run_ft(exp: Experiment, folder: RunFolder, resume: bool, callbacks: dict) -> dict:
+def run_ft(exp: Experiment, ctx: RunContext) -> dict:
     b = exp.cfg.baseline
     lr = b.lr or DEFAULT_LR["ft"]
     model = exp.loaded.model
@@ -154,7 +160,7 @@ def run_ft(exp: Experiment, folder: RunFolder, resume: bool, callbacks: dict) ->
         for p in params.values():
             p.requires_grad_(True)
         method = GradientStep(exp, params, lr, b.weight_decay, full=True)
-        result = run_steps(method, exp, folder, resume, callbacks)
+        result = run_steps(method, exp, ctx)
         result = _finish(exp, result)
     finally:
         with torch.no_grad():
@@ -165,6 +171,3 @@ def run_ft(exp: Experiment, folder: RunFolder, resume: bool, callbacks: dict) ->
     n = int(sum(p.numel() for p in params.values()))
     return {**result, "lr": lr, "optimizer": "adamw", "params_optimised": n, "params_stored": n}
 
-
-register("lora", "gradient LoRA through PEFT with AdamW (rank 8, alpha 16 on q,v), dev-selected", run_lora, "gradient")
-register("ft", "full fine-tuning with AdamW (the 'model tuning' row), dev-selected", run_ft, "gradient")

@@ -16,14 +16,15 @@ from __future__ import annotations
 import numpy as np
 
 from ..experiment import Experiment
+from ..methods import RunContext
 from ..models.scoring import EncodedSet
-from ..results.record import RunFolder
-from ._common import leading_specials, max_positions, register
+from ..seeds import generator
+from ._common import leading_specials, max_positions
 
 
-def demonstration_order(labels: list[int], shots: int | None, seed: int) -> list[int]:
+def demonstration_order(labels: list[int], shots: int | None, seed: int, scheme: int = 1) -> list[int]:
     """Indices of the demonstrations, class-balanced rounds in a seeded order."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 9]))
+    rng = generator(seed, "icl_order", scheme=scheme)
     by_class: dict[int, list[int]] = {}
     for i, y in enumerate(labels):
         by_class.setdefault(int(y), []).append(i)
@@ -53,7 +54,7 @@ def icl_sets(exp: Experiment) -> tuple[dict[str, EncodedSet], dict]:
     """Dev and test prompts with demonstrations prepended; and what was done."""
     cfg, tok = exp.cfg, exp.loaded.tokenizer
     train = exp.split.train
-    order = demonstration_order([ex.label for ex in train], cfg.baseline.icl_shots, cfg.seed)
+    order = demonstration_order([ex.label for ex in train], cfg.baseline.icl_shots, cfg.seed, cfg.seed_scheme)
     sep = "\n" if exp.loaded.family == "causal" else " "
     demos = [tok(demonstration_text(exp, train[i].texts, train[i].label) + sep, add_special_tokens=False).input_ids
              for i in order]  # fmt: skip
@@ -92,11 +93,11 @@ def icl_sets(exp: Experiment) -> tuple[dict[str, EncodedSet], dict]:
     return sets, info
 
 
-def run_icl(exp: Experiment, folder: RunFolder, resume: bool, callbacks: dict) -> dict:
+def run_icl(exp: Experiment, ctx: RunContext) -> dict:
     sets, info = icl_sets(exp)
     dev = exp.evaluate(sets["dev"]).as_dict()
     test = exp.evaluate(sets["test_set"]).as_dict()
-    folder.write_json("icl.json", info)
+    ctx.write_json("icl.json", info)
     return {
         "test": test,
         "best_dev": dev,
@@ -108,6 +109,3 @@ def run_icl(exp: Experiment, folder: RunFolder, resume: bool, callbacks: dict) -
         "params_stored": 0,
     }
 
-
-register("icl", "in-context learning: train demonstrations before the manual prompt, as many as fit",
-         run_icl, "icl")  # fmt: skip

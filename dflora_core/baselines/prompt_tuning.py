@@ -33,21 +33,21 @@ from torch import nn
 from ..errors import ConfigError, ModelError
 from ..experiment import Experiment
 from ..lowrank.arch import transformer_layers
-from ..lowrank.hidden_stats import _hidden_arg, hidden_state_stats, projection_scales
+from ..lowrank.hidden_stats import hidden_arg, hidden_state_stats, projection_scales
 from ..lowrank.patching import resolve_layers
-from ..lowrank.projection import map_seed
+from ..methods import RunContext
 from ..models.scoring import EncodedSet
-from ..results.io import atomic_save_npz
-from ..results.record import RunFolder
-from ..runner import search_summary
-from ._common import leading_specials, max_positions, register
+from ..search.loop import LayerwiseSearch
+from ..search.method import ADAPTER, run_search, search_summary
+from ..seeds import derive, generator
+from ._common import leading_specials, max_positions
 
 
-def prompt_token_ids(tokenizer, n: int, seed: int) -> list[int]:
+def prompt_token_ids(tokenizer, n: int, seed: int, scheme: int = 1) -> list[int]:
     """n random non-special vocabulary ids (the p_0 of BBT, and placeholders with valid positions)."""
     special = set(tokenizer.all_special_ids)
     pool = np.array([i for i in range(len(tokenizer)) if i not in special])
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
+    rng = generator(seed, "prompt_tokens", scheme=scheme)
     return [int(i) for i in rng.choice(pool, size=n, replace=len(pool) < n)]
 
 
@@ -78,6 +78,7 @@ class DeepPromptAdapter:
         sigma: float,
         seed: int,
         cache_bytes: int = 256 * 2**20,
+        seed_scheme: int = 1,
     ):
         self.model = model
         try:
@@ -93,7 +94,7 @@ class DeepPromptAdapter:
         self.model_layers = tuple(model_layers)
         self.num_layers = len(self.model_layers)
         self.dim = dim
-        self.alpha, self.sigma, self.seed = alpha, sigma, seed
+        self.alpha, self.sigma, self.seed, self.seed_scheme = alpha, sigma, seed, seed_scheme
         self.scales: list[float] | None = None
         self.states: list[torch.Tensor | None] = [None] * self.num_layers
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
@@ -118,7 +119,8 @@ class DeepPromptAdapter:
         if layer in self._cache:
             self._cache.move_to_end(layer)
             return self._cache[layer]
-        gen = torch.Generator().manual_seed(map_seed(self.seed, self.model_layers[layer], 1000))
+        seed = derive(self.seed, "prompt_projection", self.model_layers[layer], scheme=self.seed_scheme)
+        gen = torch.Generator().manual_seed(seed)
         m = torch.randn(self.n_tokens * self.hidden, self.dim, generator=gen) * self.map_std(layer)
         m = m.to(self.p0.device)
         self._cache[layer] = m
@@ -160,7 +162,8 @@ class DeepPromptAdapter:
             "seed": self.seed,
             "layer_std": self.scales,
             "map_std": [self.map_std(i) for i in range(self.num_layers)] if self.scales else None,
-            "map_seeds": "numpy SeedSequence([seed, model_layer, 1000]) -> torch.Generator",
+            "seed_scheme": self.seed_scheme,
+            "map_seeds": "dflora_core.seeds.derive(seed, 'prompt_projection', model_layer) -> torch.Generator",
         }
 
     def remove(self) -> None:
@@ -201,7 +204,7 @@ class DeepPromptAdapter:
             state = self.states[i]
             if state is None:
                 return None
-            h = _hidden_arg(args, kwargs)
+            h = hidden_arg(args, kwargs)
             new = self._add(h, state, replace=False)
             if args:
                 return (new, *args[1:]), kwargs
@@ -221,7 +224,7 @@ def prompt_experiment(exp: Experiment) -> tuple[Experiment, DeepPromptAdapter]:
     else:
         layers = resolve_layers(b.prompt_layers, total)
     start = leading_specials(loaded.tokenizer)
-    token_ids = prompt_token_ids(loaded.tokenizer, b.prompt_tokens, cfg.seed)
+    token_ids = prompt_token_ids(loaded.tokenizer, b.prompt_tokens, cfg.seed, cfg.seed_scheme)
     emb = model.get_input_embeddings().weight
     ids = torch.tensor(token_ids, device=emb.device)
     p0 = emb[ids].detach().clone() if b.prompt_init == "vocab" else torch.zeros(len(ids), emb.shape[1])
@@ -236,7 +239,8 @@ def prompt_experiment(exp: Experiment) -> tuple[Experiment, DeepPromptAdapter]:
             f"{limit}: lower data.max_length to {limit - len(ids)} or baseline.prompt_tokens",
         )
     adapter = DeepPromptAdapter(
-        model, start, token_ids, p0, layers, b.prompt_dim, b.prompt_alpha, cfg.optim.sigma, cfg.seed
+        model, start, token_ids, p0, layers, b.prompt_dim, b.prompt_alpha, cfg.optim.sigma, cfg.seed,
+        seed_scheme=cfg.seed_scheme,
     )
     exp_p = dataclasses.replace(exp, **sets)
     try:
@@ -256,38 +260,16 @@ def prompt_experiment(exp: Experiment) -> tuple[Experiment, DeepPromptAdapter]:
     return exp_p, adapter
 
 
-def run_prompt_tuning(exp: Experiment, folder: RunFolder, resume: bool, callbacks: dict) -> dict:
-    from ..search.loop import LayerwiseSearch
-
+def run_prompt_tuning(exp: Experiment, ctx: RunContext) -> dict:
     exp_p, adapter = prompt_experiment(exp)
     search = None
     try:
-        search = LayerwiseSearch(
-            exp_p,
-            folder.path,
-            callbacks.get("on_generation"),
-            callbacks.get("on_eval"),
-            optimizer="cmaes",
-            adapter=adapter,
-            train=exp_p.train,
-        )
-        state = folder.load_checkpoint() if resume else None
-        if state is not None and "z_best_dev" in state:
-            search.load_state_dict(state)
-        callbacks.get("on_start", lambda s: None)(search)
-        search.run()
-        search.save_checkpoint()
-        search.use_best_dev()
-        test = exp_p.evaluate(exp_p.test_set).as_dict()  # p_0 changes the model even at z = 0
-        train_at_best = exp_p.evaluate(exp_p.train).as_dict()
-        if folder.path:
-            atomic_save_npz(
-                folder.path / "adapter.npz",
-                z_best_dev=search.z_best_dev,
-                z_final=search.z,
-                prompt_token_ids=np.asarray(adapter.token_ids),
-                layer_std=np.asarray(adapter.scales),
-            )
+        search = LayerwiseSearch(exp_p, ctx, ctx.callback("on_generation"), ctx.callback("on_eval"),
+                                 adapter=adapter, train=exp_p.train)  # fmt: skip
+        # p_0 changes the model even at z = 0: the test is always scored (not the zero-shot's)
+        test, train_at_best = run_search(exp_p, search, ctx, test_exp=exp_p)
+        ctx.save_arrays(ADAPTER, z_best_dev=search.z_best_dev, z_final=search.z,
+                        prompt_token_ids=np.asarray(adapter.token_ids), layer_std=np.asarray(adapter.scales))  # fmt: skip
         n_opt = adapter.dim * adapter.num_layers
         return {
             **search_summary(search, test, train_at_best),
@@ -302,9 +284,3 @@ def run_prompt_tuning(exp: Experiment, folder: RunFolder, resume: bool, callback
             search.close()
         else:
             adapter.remove()
-
-
-register("bbt", "black-box tuning: 50 input prompt vectors from d = 500 via a random projection, CMA-ES",
-         run_prompt_tuning, "prompt_tuning")  # fmt: skip
-register("bbtv2", "BBTv2: deep prompts at every layer, layer-wise CMA-ES with the hidden-state projection init",
-         run_prompt_tuning, "prompt_tuning")  # fmt: skip

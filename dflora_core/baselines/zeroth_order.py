@@ -26,10 +26,11 @@ import torch
 from torch import nn
 
 from ..experiment import Experiment
+from ..methods import RunContext
 from ..models.scoring import class_logits
-from ..results.record import RunFolder
-from ._common import StepMethod, make_loss, no_grad_params, register, run_steps, snapshot
-from .gradient import _finish, live_head, peft_lora
+from ..seeds import derive
+from ._common import StepMethod, make_loss, no_grad_params, run_steps, snapshot
+from .gradient import _finish, live_head, lora_seed, peft_lora
 
 # MeZO's settings: LoRA lr 1e-4 / eps 1e-2, full parameters lr 1e-6 / eps 1e-3 (untuned here)
 DEFAULT_LR = {
@@ -47,9 +48,9 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
-def step_seed(seed: int, step: int) -> int:
-    """The seed of a step's random direction (regenerated, never stored)."""
-    return int(np.random.SeedSequence([seed, 11, step]).generate_state(1, dtype=np.uint64)[0] % (2**63))
+def step_seed(seed: int, step: int, scheme: int = 1) -> int:
+    """The seed of a step's random direction (regenerated, never stored), from the run's seed."""
+    return derive(seed, "zo_directions", step, scheme=scheme)
 
 
 def directions(params: dict[str, torch.Tensor], seed: int):
@@ -74,6 +75,7 @@ class ZerothOrderStep(StepMethod):
     def __init__(self, exp: Experiment, params, lr: float, eps: float, update: str, seed: int, full: bool):
         super().__init__(exp, params, lr)
         self.eps, self.update, self.seed, self.full = eps, update, seed, full
+        self.scheme = exp.cfg.seed_scheme
         self.moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.t = 0
         self.loss_fn = make_loss(exp.cfg.search.loss, exp.task.metric)
@@ -86,7 +88,7 @@ class ZerothOrderStep(StepMethod):
         return float(self.loss_fn(logits, batch.labels))
 
     def step(self, batch, step: int) -> float:
-        seed = step_seed(self.seed, step)
+        seed = step_seed(self.seed, step, self.scheme)
         perturb(self.params, seed, self.eps)
         plus = self.loss(batch)
         perturb(self.params, seed, -2 * self.eps)
@@ -184,10 +186,11 @@ class ForwardGradientStep(StepMethod):
     def __init__(self, exp: Experiment, params, lr: float, seed: int, full: bool):
         super().__init__(exp, params, lr)
         self.seed, self.full = seed, full
+        self.scheme = exp.cfg.seed_scheme
         self.loss_fn = make_loss(exp.cfg.search.loss, exp.task.metric)
 
     def step(self, batch, step: int) -> float:
-        seed = step_seed(self.seed, step)
+        seed = step_seed(self.seed, step, self.scheme)
         tangents = [z for _p, z in directions(self.params, seed)]
         loss, d = directional_derivative(self.exp, self.params, tangents, batch, self.loss_fn, self.full)
         self.forward_rows += len(batch)
@@ -219,37 +222,41 @@ def _all_weights(exp: Experiment):
         exp.head = head
 
 
-def _make_runner(method: str):
-    def runner(exp: Experiment, folder: RunFolder, resume: bool, callbacks: dict) -> dict:
-        b = exp.cfg.baseline
-        full = b.zo_params == "all"
-        lr = b.lr or DEFAULT_LR[(method, b.zo_params)]
-        eps = b.zo_eps or DEFAULT_EPS[b.zo_params]
-        seed = int(np.random.SeedSequence([exp.cfg.seed, 5]).generate_state(1)[0])
-        ctx = _all_weights(exp) if full else peft_lora(exp, b.lora_rank, b.lora_alpha, b.lora_targets, exp.cfg.seed)
-        with ctx as (params, info), no_grad_params(params):
-            if method == "forward-grad":
-                step = ForwardGradientStep(exp, params, lr, seed, full)
-            else:
-                update = {"zo-sgd": "sgd", "zo-sgd-sign": "sign", "zo-adam": "adam"}[method]
-                step = ZerothOrderStep(exp, params, lr, eps, update, seed, full)
-            result = run_steps(step, exp, folder, resume, callbacks)
-            result = _finish(exp, result)
-            n = int(sum(p.numel() for p in params.values()))
-        out = {**result, "lr": lr, "zo_params": b.zo_params, "params_optimised": n, "params_stored": n}
-        if method != "forward-grad":
-            out["zo_eps"] = eps
-        if info:
-            out["lora"] = info
-        return out
-
-    return runner
+def _run(method: str, exp: Experiment, ctx: RunContext) -> dict:
+    b = exp.cfg.baseline
+    full = b.zo_params == "all"
+    lr = b.lr or DEFAULT_LR[(method, b.zo_params)]
+    eps = b.zo_eps or DEFAULT_EPS[b.zo_params]
+    seed = exp.cfg.seed  # the directions derive from it per step (seeds stream "zo_directions")
+    ctx_params = _all_weights(exp) if full else peft_lora(exp, b.lora_rank, b.lora_alpha, b.lora_targets, lora_seed(exp))
+    with ctx_params as (params, info), no_grad_params(params):
+        if method == "forward-grad":
+            step = ForwardGradientStep(exp, params, lr, seed, full)
+        else:
+            update = {"zo-sgd": "sgd", "zo-sgd-sign": "sign", "zo-adam": "adam"}[method]
+            step = ZerothOrderStep(exp, params, lr, eps, update, seed, full)
+        result = run_steps(step, exp, ctx)
+        result = _finish(exp, result)
+        n = int(sum(p.numel() for p in params.values()))
+    out = {**result, "lr": lr, "zo_params": b.zo_params, "params_optimised": n, "params_stored": n}
+    if method != "forward-grad":
+        out["zo_eps"] = eps
+    if info:
+        out["lora"] = info
+    return out
 
 
-register("zo-sgd", "MeZO zeroth-order SGD (2 forwards per step, in-place seeded perturbations)",
-         _make_runner("zo-sgd"), "zeroth_order")  # fmt: skip
-register("zo-sgd-sign", "zeroth-order sign SGD (2 forwards per step)", _make_runner("zo-sgd-sign"), "zeroth_order")
-register("zo-adam", "zeroth-order Adam on the SPSA estimate (2 forwards per step)", _make_runner("zo-adam"),
-         "zeroth_order")  # fmt: skip
-register("forward-grad", "forward gradient: one Jacobian-vector product per step (torch.func.jvp)",
-         _make_runner("forward-grad"), "zeroth_order")  # fmt: skip
+def run_zo_sgd(exp: Experiment, ctx: RunContext) -> dict:
+    return _run("zo-sgd", exp, ctx)
+
+
+def run_zo_sgd_sign(exp: Experiment, ctx: RunContext) -> dict:
+    return _run("zo-sgd-sign", exp, ctx)
+
+
+def run_zo_adam(exp: Experiment, ctx: RunContext) -> dict:
+    return _run("zo-adam", exp, ctx)
+
+
+def run_forward_grad(exp: Experiment, ctx: RunContext) -> dict:
+    return _run("forward-grad", exp, ctx)

@@ -46,7 +46,8 @@ def clipped_mean_std(values: torch.Tensor, rounds: int = 5, k: float = 3.0) -> t
     return float(v.mean()), float(v.std()), v.numel() / max(1, n)
 
 
-def _hidden_arg(args, kwargs) -> torch.Tensor:
+def hidden_arg(args, kwargs) -> torch.Tensor:
+    """The hidden states a layer's forward pre-hook receives (positional or keyword)."""
     return args[0] if args else kwargs["hidden_states"]
 
 
@@ -69,7 +70,7 @@ def hidden_state_stats(
 
     def hook_for(i):
         def hook(_module, args, kwargs):
-            h = _hidden_arg(args, kwargs)
+            h = hidden_arg(args, kwargs)
             collected[i].append(h[current_mask[0].bool()].detach().float().cpu())
 
         return hook

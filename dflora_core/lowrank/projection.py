@@ -21,10 +21,10 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..seeds import derive
 
 INITS = ("ril", "ri", "released")
 
@@ -50,11 +50,6 @@ def factor_specs(site_dims: dict[str, tuple[int, int]], rank: int) -> list[Facto
     return out
 
 
-def map_seed(seed: int, layer: int, index: int) -> int:
-    """Seed of one projection map, independent of every other map and of the optimizer."""
-    return int(np.random.SeedSequence([seed, layer, index]).generate_state(1, dtype=np.uint64)[0] % (2**63))
-
-
 class IntrinsicProjection:
     """z (per layer, dimension d) -> {target: (A, B)} for single vectors or populations."""
 
@@ -72,6 +67,7 @@ class IntrinsicProjection:
         device: torch.device | str = "cpu",
         cache_bytes: int = 512 * 2**20,
         model_layers: Sequence[int] | None = None,  # model index of each layer (seeds, "released" rule)
+        seed_scheme: int = 1,  # how map seeds derive from ``seed`` (dflora_core.seeds)
     ):
         if init not in INITS:
             raise ConfigError("projection_init", f"{init!r}; choose from {INITS}")
@@ -84,6 +80,7 @@ class IntrinsicProjection:
         if init != "ri" and (layer_std is None or len(layer_std) != len(self.layers)):
             raise ConfigError("projection_init", f"{init} needs one hidden-state std per layer")
         self.rank, self.d, self.init, self.seed = rank, intrinsic_dim, init, seed
+        self.seed_scheme = seed_scheme
         self.model_layers = list(model_layers) if model_layers is not None else list(range(len(self.layers)))
         self.chunk = intrinsic_dim // n_factors
         self.layer_std = list(layer_std) if layer_std is not None else None
@@ -115,7 +112,8 @@ class IntrinsicProjection:
             return self._cache[layer]
         mats = []
         for j, spec in enumerate(self.layers[layer]):
-            gen = torch.Generator().manual_seed(map_seed(self.seed, self.model_layers[layer], j))
+            seed = derive(self.seed, "projection", self.model_layers[layer], j, scheme=self.seed_scheme)
+            gen = torch.Generator().manual_seed(seed)
             kind, scale = self.map_init(layer, spec)
             if kind == "normal":
                 m = torch.randn(spec.numel, self.chunk, generator=gen) * scale
@@ -153,5 +151,6 @@ class IntrinsicProjection:
             "ri_std": self.ri_std,
             "layer_std": self.layer_std,
             "model_layers": self.model_layers,
-            "map_seeds": "numpy SeedSequence([seed, layer, factor_index]) -> torch.Generator",
+            "seed_scheme": self.seed_scheme,
+            "map_seeds": "dflora_core.seeds.derive(seed, 'projection', model_layer, factor_index) -> torch.Generator",
         }

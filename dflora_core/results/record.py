@@ -1,71 +1,181 @@
-"""The self-describing folder every run writes (config, identity, history, metrics, adapter).
+"""The self-describing folder every run writes, and its record.
 
     DIR/config.json        the full RunConfig
-    DIR/record.json        summary: config, seed, versions, commit, model and data identity,
+    DIR/record.json        RunRecord: config, seed, versions, commit, model and data identity,
                            calls, test, best_dev, zero_shot, wall_s, peak_mem_bytes, evals_per_s
     DIR/history.json       one row per generation (calls, layer, best/mean fitness, step size...)
     DIR/dev_curve.json     one row per dev evaluation
     DIR/adapter.npz        learned z per layer (best-dev snapshot and final) + projection scales
-    DIR/checkpoint.pkl     resumable state (DFO methods)
-All files are written atomically (temporary file, then rename).
+    DIR/checkpoint.pkl     resumable state (methods.RunContext)
+All files are written atomically (temporary file, then rename). A record is JSON: reading
+one cannot execute code.
 """
 
 from __future__ import annotations
 
-import pickle
+import dataclasses
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_bytes, atomic_write_json, git_commit, machine_info, package_versions, read_json
+from ..environment import git_commit, machine_info, package_versions
+from ..errors import DfloraError
+from ..fileio import atomic_write_json, read_json
 
 RECORD = "record.json"
-CHECKPOINT = "checkpoint.pkl"
+CONFIG = "config.json"
+RECORD_FORMAT = "dflora-run/1"
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+@dataclass
+class RunRecord:
+    """What one run was and what it measured; ``result`` holds the method's own fields.
+
+    It reads like its JSON (``rec["test"]["value"]``, ``rec.get("calls")``): the fields below
+    and the keys of ``result`` form one flat namespace, which is how record.json stores it.
+    """
+
+    method: str
+    task: str
+    model: str
+    seed: int
+    config: dict[str, Any]
+    format: str = RECORD_FORMAT
+    status: str = "running"  # "running" until the method finished, then "done"
+    started: str = field(default_factory=now)
+    versions: dict[str, Any] = field(default_factory=package_versions)
+    git: dict[str, Any] = field(default_factory=git_commit)
+    machine: dict[str, Any] = field(default_factory=machine_info)
+    model_identity: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+    metric: str | None = None
+    tags: dict[str, Any] = field(default_factory=dict)  # free labels (e.g. the ablation a run belongs to)
+    finished: str | None = None
+    zero_shot: dict[str, Any] | None = None
+    test: dict[str, Any] | None = None
+    result: dict[str, Any] = field(default_factory=dict)  # method-specific: calls, best_dev, history summary...
+    wall_s: float | None = None
+    prepare_s: float | None = None
+    peak_mem_bytes: int | None = None
+    peak_mem_kind: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    folder: Path | None = field(default=None, compare=False)  # where it was read from (not stored)
+
+    _HEAD = ("format", "status", "started", "method", "task", "model", "seed", "config", "versions", "git",
+             "machine", "model_identity", "data", "metric", "tags", "finished", "zero_shot", "test")  # fmt: skip
+    _TAIL = ("wall_s", "prepare_s", "peak_mem_bytes", "peak_mem_kind", "device", "dtype")
+
+    @classmethod
+    def new(cls, cfg_dict: dict[str, Any], **fields_: Any) -> RunRecord:
+        return cls(cfg_dict["method"], cfg_dict["data"]["task"], cfg_dict["model"]["name"], cfg_dict["seed"],
+                   cfg_dict, **fields_)  # fmt: skip
+
+    # -- the JSON form ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self._HEAD}
+        out.update({k: v for k, v in self.result.items() if k not in out})
+        out.update({k: getattr(self, k) for k in self._TAIL})
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], folder: str | Path | None = None) -> RunRecord:
+        names = {f.name for f in dataclasses.fields(cls)} - {"result", "folder"}
+        known = {k: v for k, v in data.items() if k in names}
+        for k in ("started", "versions", "git", "machine"):  # a record read back never describes this machine
+            known.setdefault(k, None)
+        extra = {k: v for k, v in data.items() if k not in names}
+        missing = [k for k in ("method", "task", "model", "seed", "config") if k not in known]
+        if missing:
+            raise ValueError(f"not a run record (no {', '.join(missing)})")
+        return cls(**known, result=extra, folder=Path(folder) if folder is not None else None)
+
+    # -- reading like the JSON ----------------------------------------------------------------
+    def _flat(self, key: str) -> Any:
+        if key == "_dir":
+            if self.folder is None:
+                raise KeyError(key)
+            return str(self.folder)
+        if key in self._HEAD or key in self._TAIL:
+            return getattr(self, key)
+        return self.result[key]
+
+    def __getitem__(self, key: str) -> Any:
+        return self._flat(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self._flat(key)
+        except KeyError:
+            return default
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key, _MISSING) is not _MISSING
+
+    def keys(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
+
+
+_MISSING = object()
 
 
 class RunFolder:
-    def __init__(self, path: str | Path | None):
-        self.path = Path(path) if path else None
-        if self.path:
-            self.path.mkdir(parents=True, exist_ok=True)
+    """A run's folder: its record and config (the method's own files go through methods.RunContext)."""
 
-    def write_json(self, name: str, obj: Any) -> None:
-        if self.path:
-            atomic_write_json(self.path / name, obj)
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
 
-    def save_checkpoint(self, state: dict) -> None:
-        if self.path:
-            atomic_write_bytes(self.path / CHECKPOINT, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+    @property
+    def record_path(self) -> Path:
+        return self.path / RECORD
 
-    def load_checkpoint(self) -> dict | None:
-        if self.path and (self.path / CHECKPOINT).is_file():
-            with open(self.path / CHECKPOINT, "rb") as f:
-                return pickle.load(f)
-        return None
+    def read(self) -> RunRecord | None:
+        """The record in the folder, finished or not (None when there is none)."""
+        if not self.record_path.is_file():
+            return None
+        try:
+            return RunRecord.from_dict(read_json(self.record_path), self.path)
+        except (OSError, ValueError, TypeError) as err:  # JSONDecodeError is a ValueError
+            raise DfloraError(f"{self.record_path}: unreadable run record ({err})") from None
 
-    def read_record(self) -> dict | None:
-        if self.path and (self.path / RECORD).is_file():
-            return read_json(self.path / RECORD)
-        return None
+    def finished(self) -> RunRecord | None:
+        """The record when the run is done, else None."""
+        rec = self.read()
+        return rec if rec is not None and rec.done else None
 
+    def write(self, record: RunRecord) -> None:
+        atomic_write_json(self.record_path, record.to_dict())
+        record.folder = self.path
 
-def base_record(cfg_dict: dict) -> dict:
-    """The identity part of every record: what ran, where, with which code."""
-    return {
-        "format": "dflora-run/1",
-        "status": "running",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "method": cfg_dict["method"],
-        "task": cfg_dict["data"]["task"],
-        "model": cfg_dict["model"]["name"],
-        "seed": cfg_dict["seed"],
-        "config": cfg_dict,
-        "versions": package_versions(),
-        "git": git_commit(),
-        "machine": machine_info(),
-    }
+    def write_config(self, cfg_dict: dict[str, Any]) -> None:
+        atomic_write_json(self.path / CONFIG, cfg_dict)
 
 
-def load_record(path: str | Path) -> dict:
+def load_record(path: str | Path) -> RunRecord:
+    """The record of a run folder (or of a record.json path)."""
     p = Path(path)
-    return read_json(p / RECORD if p.is_dir() else p)
+    folder = RunFolder(p if p.is_dir() else p.parent)
+    rec = folder.read()
+    if rec is None:
+        raise DfloraError(f"{folder.record_path}: no run record")
+    return rec
+
+
+def load_records(root: str | Path, status: str = "done") -> list[RunRecord]:
+    """Every record under ``root`` (recursively) with the given status."""
+    out = []
+    for path in sorted(Path(root).glob(f"**/{RECORD}")):
+        rec = RunFolder(path.parent).read()
+        if rec is not None and rec.status == status:
+            out.append(rec)
+    return out

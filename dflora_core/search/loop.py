@@ -22,22 +22,21 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..config import DFO_LORA_METHODS, RunConfig
+from ..config import RunConfig
 from ..errors import DfloraError
 from ..experiment import EvalResult, Experiment
-from ..lowrank.adapter import LayerAdapter, LowRankAdapter
-from ..lowrank.hidden_stats import hidden_state_stats, projection_scales
-from ..lowrank.patching import LowRankPatch
+from ..lowrank.adapter import LayerAdapter
+from ..lowrank.build import build_adapter, measure_scales
 from ..lowrank.population import PopulationEvaluator
-from ..lowrank.projection import IntrinsicProjection
+from ..methods import RunContext, get
 from ..metrics import losses
 from ..optim import make_optimizer
-from ..results.record import RunFolder
+from ..seeds import derive
+from .selection import DevSelection
 
 CHECKPOINT_VERSION = 1
 
@@ -62,17 +61,13 @@ class Generation:
     seconds: float  # wall time of the fitness evaluations
 
 
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
-
-
 class LayerwiseSearch:
     """C-LoRA / F-LoRA and their control arms, driven generation by generation (ask/tell)."""
 
     def __init__(
         self,
         exp: Experiment,
-        run_dir: str | Path | None = None,
+        ctx: RunContext | None = None,
         on_generation: Callable[[LayerwiseSearch, Generation], None] | None = None,
         on_eval: Callable[[LayerwiseSearch, dict], None] | None = None,
         optimizer: str | None = None,
@@ -81,16 +76,15 @@ class LayerwiseSearch:
     ):
         cfg: RunConfig = exp.cfg
         self.exp, self.cfg = exp, cfg
-        self.folder = RunFolder(run_dir)
+        self.ctx = ctx if ctx is not None else RunContext()
         self.on_generation, self.on_eval = on_generation, on_eval
-        self.optimizer_name = optimizer or DFO_LORA_METHODS[cfg.method]
+        self.optimizer_name = optimizer or get(cfg.method).optimizer
         self.train = train if train is not None else exp.train  # prompts may be rewritten by the adapter
         lr = cfg.lowrank
-        self.layer_stats = hidden_state_stats(
-            exp.loaded, self.train, lr.stat_source, lr.clip_rounds, lr.clip_sigma, exp.max_tokens
-        )
-        self.layer_std = projection_scales(exp.loaded, self.layer_stats)
-        self.adapter = adapter if adapter is not None else self._lowrank_adapter()
+        self.layer_stats, self.layer_std = measure_scales(exp.loaded, self.train, lr, exp.max_tokens)
+        if adapter is None:
+            adapter = build_adapter(exp.loaded, lr, cfg.seed, cfg.optim.sigma, self.layer_std, cfg.seed_scheme)
+        self.adapter = adapter
         self.num_layers = self.adapter.num_layers
         self.evaluator = PopulationEvaluator(
             exp.loaded, exp.head, self.adapter, self.train, exp.dtype, exp.max_tokens, cfg.search.prefix_reuse
@@ -105,8 +99,7 @@ class LayerwiseSearch:
         self.layer = 0
         self.round = 0
         self.history: list[Generation] = []
-        self.dev_curve: list[dict] = []
-        self.best_dev: dict | None = None
+        self.selection = DevSelection(cfg.search.patience)
         self.next_eval = cfg.search.eval_every
         self.nonfinite = 0
         self.fitness_seconds = 0.0
@@ -117,17 +110,6 @@ class LayerwiseSearch:
         self._checked_reuse = not cfg.search.prefix_reuse
 
     # -- set-up ----------------------------------------------------------------------------
-    def _lowrank_adapter(self) -> LowRankAdapter:
-        lr, exp = self.cfg.lowrank, self.exp
-        patch = LowRankPatch(exp.loaded.model, lr.targets, lr.layers)
-        dims = [{t: (s.in_features, s.out_features) for t, s in layer.items()} for layer in patch.sites]
-        scales = [self.layer_std[m] for m in patch.model_layers]
-        projection = IntrinsicProjection(
-            dims, lr.rank, lr.intrinsic_dim, lr.projection_init, self.cfg.seed, scales, lr.alpha,
-            self.cfg.optim.sigma, lr.ri_std, exp.loaded.device, model_layers=patch.model_layers,
-        )  # fmt: skip
-        return LowRankAdapter(patch, projection)
-
     def _make_optimizer(self, layer: int):
         op = self.cfg.optim
         options: dict[str, Any] = {}
@@ -140,7 +122,7 @@ class LayerwiseSearch:
             self.adapter.dim,
             sigma=op.sigma,
             popsize=op.popsize,
-            seed=_seed(self.cfg.seed, 1, layer),
+            seed=derive(self.cfg.seed, "optimizer", layer, scheme=self.cfg.seed_scheme),
             max_evaluations=self.cfg.search.budget // self.num_layers,
             bounds=None if op.bounds is None else (-op.bounds, op.bounds),
             **options,
@@ -260,20 +242,20 @@ class LayerwiseSearch:
         self.evaluator.verify_prefix_reuse(layer, X, atol=atol)
 
     # -- dev evaluation and model selection ------------------------------------------------------
+    @property
+    def best_dev(self) -> dict | None:
+        return self.selection.best
+
+    @property
+    def dev_curve(self) -> list[dict]:
+        return self.selection.curve
+
     def evaluate_dev(self) -> dict:
         res: EvalResult = self.exp.evaluate(self.exp.dev)
         row = {"calls": self.calls, "generation": self.generation, **res.as_dict(), "selected": False}
-        better = self.best_dev is None or (res.value, -res.loss) > (
-            self.best_dev["value"],
-            -self.best_dev["loss"],
-        )
-        if better:
-            row["selected"] = True
-            self.best_dev = dict(row)
+        if self.selection.offer(row):
             self.z_best_dev = self.z.copy()
-        self.dev_curve.append(row)
-        patience = self.cfg.search.patience
-        if patience and self.best_dev and self.calls - self.best_dev["calls"] >= patience:
+        if self.selection.out_of_patience(self.calls):
             self.stopped = "patience"
         if self.on_eval:
             self.on_eval(self, row)
@@ -333,8 +315,8 @@ class LayerwiseSearch:
             "layer": self.layer,
             "round": self.round,
             "history": [asdict(g) for g in self.history],
-            "dev_curve": copy.deepcopy(self.dev_curve),
-            "best_dev": copy.deepcopy(self.best_dev),
+            "dev_curve": copy.deepcopy(self.selection.curve),
+            "best_dev": copy.deepcopy(self.selection.best),
             "next_eval": self.next_eval,
             "nonfinite": self.nonfinite,
             "fitness_seconds": self.fitness_seconds,
@@ -358,7 +340,7 @@ class LayerwiseSearch:
         self.calls, self.generation = state["calls"], state["generation"]
         self.layer, self.round = state["layer"], state["round"]
         self.history = [Generation(**g) for g in state["history"]]
-        self.dev_curve, self.best_dev = state["dev_curve"], state["best_dev"]
+        self.selection.load_state_dict({"curve": state["dev_curve"], "best": state["best_dev"]})
         self.next_eval, self.nonfinite = state["next_eval"], state["nonfinite"]
         self.fitness_seconds = state["fitness_seconds"]
         self.evaluator.forward_rows = state["forward_rows"]
@@ -372,11 +354,11 @@ class LayerwiseSearch:
         self._apply_all(self.z)
 
     def save_checkpoint(self) -> None:
-        if self.folder.path is None:
+        if self.ctx.path is None:
             return
-        self.folder.save_checkpoint(self.state_dict())
-        self.folder.write_json("history.json", [asdict(g) for g in self.history])
-        self.folder.write_json("dev_curve.json", self.dev_curve)
+        self.ctx.save_checkpoint(self.state_dict())
+        self.ctx.write_json("history.json", [asdict(g) for g in self.history])
+        self.ctx.write_json("dev_curve.json", self.dev_curve)
 
     def close(self) -> None:
         """Undo the adapter: the model is bit-identical to before the search."""

@@ -27,13 +27,17 @@ in this process (faster start, but on CPU a run's peak then includes the earlier
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import DfloraError
+from .. import methods
+from ..config import _merge, _nest, from_dict, load_yaml
+from ..errors import DfloraError
+from ..results.record import RunRecord
+from .grid import finished_run, run_grid
+from .tables import comparison_table, frame, to_markdown
 
 DEFAULT_ROOT = "runs/compare"
 RUNS_CSV, TABLE_CSV, TABLE_MD = "compare_runs.csv", "compare_table.csv", "compare_table.md"
@@ -72,7 +76,7 @@ def parse_sets(items: Sequence[str] | None) -> tuple[dict, dict[str, dict]]:
 
 def build_configs(
     tasks: Sequence[str],
-    methods: Sequence[str],
+    method_names: Sequence[str],
     seeds: Sequence[int],
     model: str | None = None,
     budget: int | None = None,
@@ -81,18 +85,15 @@ def build_configs(
     base: dict | None = None,
 ):
     """One validated RunConfig per (task, method, seed), in that order."""
-    from . import baselines  # noqa: F401 - registers the method names
-    from .config import METHODS, _merge, _nest, from_dict, validate
-
-    if not tasks or not methods or not seeds:
+    if not tasks or not method_names or not seeds:
         raise DfloraError("compare needs at least one task, one method and one seed")
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in method_names if m not in methods.METHODS]
     if unknown:
-        raise DfloraError(f"unknown method(s) {unknown}; known: {sorted(METHODS)}")
+        raise DfloraError(f"unknown method(s) {unknown}; known: {sorted(methods.METHODS)}")
     common, per_method = parse_sets(sets)
-    stray = sorted(set(per_method) - set(METHODS))  # a method not in --methods is fine (shared scripts)
+    stray = sorted(set(per_method) - set(methods.METHODS))  # a method not in --methods is fine (shared scripts)
     if stray:
-        raise DfloraError(f"--set names unknown method(s) {stray}; known: {sorted(METHODS)}")
+        raise DfloraError(f"--set names unknown method(s) {stray}; known: {sorted(methods.METHODS)}")
     flat = {"progress": False}
     if model is not None:
         flat["model.name"] = model
@@ -103,22 +104,13 @@ def build_configs(
     flat.update(common)
     configs = []
     for task in tasks:
-        for method in methods:
+        for method in method_names:
             for seed in seeds:
                 over = {**flat, **per_method.get(method, {}), "data.task": task, "method": method, "seed": int(seed)}
                 cfg = from_dict(_merge(dict(base or {}), _nest(over)))
-                validate(cfg)
+                methods.validate(cfg)
                 configs.append(cfg)
     return configs
-
-
-def _done(root: Path, cfg) -> bool:
-    from .results.grid import run_dir
-    from .results.io import read_json
-    from .results.record import RECORD
-
-    path = run_dir(root, cfg) / RECORD
-    return path.is_file() and read_json(path).get("status") == "done"
 
 
 def _run_isolated(cfg, root: Path) -> None:
@@ -126,7 +118,7 @@ def _run_isolated(cfg, root: Path) -> None:
     code = (
         "import json, sys\n"
         "from dflora_core.config import from_dict\n"
-        "from dflora_core.results.grid import run_grid\n"
+        "from dflora_core.workbench.grid import run_grid\n"
         "run_grid([from_dict(json.loads(sys.argv[1]))], sys.argv[2])\n"
     )
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(cfg.to_dict()), str(root)], check=False)
@@ -137,72 +129,12 @@ def _run_isolated(cfg, root: Path) -> None:
         )
 
 
-def _fmt_int(values) -> str:
-    v = [x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
-    if not v:
-        return "-"
-    lo, hi = min(v), max(v)
-    if lo == hi:
-        return _short(lo)
-    return f"{_short(lo)}-{_short(hi)}"
-
-
-def _short(x: float) -> str:
-    x = float(x)
-    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if abs(x) >= div:
-            return f"{x / div:.3g}{unit}"
-    return f"{x:.0f}" if x == int(x) else f"{x:.3g}"
-
-
-def _mean(values) -> float | None:
-    v = [float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
-    return sum(v) / len(v) if v else None
-
-
-def main_table(records: list[dict], methods: Sequence[str] | None = None, tasks: Sequence[str] | None = None):
-    """(table, counts): methods x tasks 'mean (std)' of the test metric (x100), plus the cost columns."""
-    import pandas as pd
-
-    from .results.table import frame, human_bytes, mean_std, pivot
-
-    df = frame(records)
-    methods = list(methods or dict.fromkeys(df["method"]))
-    tasks = list(tasks or dict.fromkeys(df["task"]))
-    table, counts = pivot(df, "method", "task", "test", row_order=methods, col_order=tasks)
-    avg, cols = [], {}
-    for m in methods:
-        rows = df[df["method"] == m]
-        per_task = [_mean(rows[rows["task"] == t]["test"].tolist()) for t in tasks]
-        avg.append(f"{100 * sum(per_task) / len(per_task):.1f}" if all(p is not None for p in per_task) else "-")
-        cols.setdefault("#Params", []).append(_fmt_int(rows["params_optimised"].tolist()))
-        cols.setdefault("stored", []).append(_fmt_int(rows["params_stored"].tolist()))
-        cols.setdefault("calls", []).append(_fmt_int([_mean(rows["calls"].tolist())]))
-        cols.setdefault("fwd", []).append(_fmt_int([_mean(rows["forward_passes"].tolist())]))
-        cols.setdefault("bwd", []).append(_fmt_int([_mean(rows["backward_passes"].fillna(0).tolist())]))
-        t = _mean(rows["wall_s"].tolist())
-        cols.setdefault("time (s)", []).append("-" if t is None else f"{t:.0f}" if t >= 10 else f"{t:.1f}")
-        mem = rows["peak_mem_bytes"].dropna()
-        cols.setdefault("memory", []).append(human_bytes(float(mem.max())) if len(mem) else "-")
-    if len(tasks) > 1:
-        table["Avg"] = avg
-    for k, v in cols.items():
-        table[k] = v
-    zs = []
-    for t in tasks:
-        zs.append(mean_std(df[(df["task"] == t)].drop_duplicates("seed")["zero_shot"].tolist()))
-    table.index.name = "method"
-    return table, counts, pd.Series(zs, index=tasks, name="zero-shot")
-
-
-def render(records: list[dict], root: Path, methods, tasks, header: dict) -> dict:
+def render(records: list[RunRecord], root: Path, method_names, tasks, header: dict) -> dict:
     """Write the runs CSV and the table as CSV and Markdown; returns their paths and the Markdown."""
-    from .results.table import frame, to_markdown
-
     root.mkdir(parents=True, exist_ok=True)
     df = frame(records)
     df.to_csv(root / RUNS_CSV, index=False)
-    table, counts, zero_shot = main_table(records, methods, tasks)
+    table, counts, zero_shot = comparison_table(records, method_names, tasks)
     table.to_csv(root / TABLE_CSV)
     metrics = sorted({str(m) for m in df["metric"].dropna()})
     n = sorted({int(c) for c in counts.to_numpy().ravel()})
@@ -228,7 +160,7 @@ def render(records: list[dict], root: Path, methods, tasks, header: dict) -> dic
 
 def compare(
     tasks: Sequence[str],
-    methods: Sequence[str],
+    method_names: Sequence[str],
     seeds: Sequence[int],
     root: str | Path = DEFAULT_ROOT,
     model: str | None = None,
@@ -244,18 +176,15 @@ def compare(
 
     ``table_only``: run nothing, render the runs of the grid that are already recorded.
     """
-    from .results.grid import run_dir, run_grid
-    from .results.io import read_json
-    from .results.record import RECORD
-
     root = Path(root)
-    configs = build_configs(tasks, methods, seeds, model, budget, max_test, sets, base)
-    pending = [c for c in configs if not _done(root, c)]
+    configs = build_configs(tasks, method_names, seeds, model, budget, max_test, sets, base)
+    finished = [finished_run(root, c) for c in configs]
+    pending = [c for c, rec in zip(configs, finished, strict=True) if rec is None]
     if table_only:
-        records = [read_json(run_dir(root, c) / RECORD) for c in configs if c not in pending]
+        records = [rec for rec in finished if rec is not None]
         if not records:
             raise DfloraError(f"no finished run of this grid under {root}")
-        methods = [m for m in methods if any(r["method"] == m for r in records)]
+        method_names = [m for m in method_names if any(r["method"] == m for r in records)]
         tasks = [t for t in tasks if any(r["task"] == t for r in records)]
         pending = []
     else:
@@ -276,7 +205,7 @@ def compare(
         "seeds": ",".join(str(s) for s in seeds),
         "device": records[0].get("device") if records else None,
     }
-    out = render(records, root, list(methods), list(tasks), header)
+    out = render(records, root, list(method_names), list(tasks), header)
     return {**out, "records": records, "ran": len(pending)}
 
 
@@ -285,8 +214,6 @@ def _cmd(args) -> int:
     seeds = [int(s) for s in _split(args.seeds)]
     base = None
     if args.config:
-        from .config import load_yaml
-
         data = load_yaml(args.config)
         base = data.get("run", data)
     sets = list(args.set or [])
@@ -325,11 +252,3 @@ def add_arguments(p) -> None:
     p.add_argument("--table-only", action="store_true", help="run nothing: the table of the runs already recorded")
     p.set_defaults(fn=_cmd)
 
-
-def _register() -> None:
-    from .cli import register_command
-
-    register_command("compare", "run methods x tasks x seeds and render the main table", add_arguments)
-
-
-_register()

@@ -17,6 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import methods
+from ..fileio import atomic_write_bytes
+from .collect import run_curves
+from .tables import frame
+
 RC = {
     "pdf.fonttype": 42,
     "ps.fonttype": 42,
@@ -36,7 +41,6 @@ METADATA = {
     "png": {"Software": None},
     "svg": {"Date": None, "Creator": "dflora"},
 }
-METHOD_ORDER = ("zeroshot", "zeroshot-calibrated", "icl", "bbt", "bbtv2", "lora", "ft", "c-lora", "f-lora", "rs-lora")
 SOURCE_TITLES = {"residual": "residual stream entering the layer", "proj_input": "input of the q/k projections"}
 
 
@@ -87,7 +91,6 @@ def save(fig, folder: str | Path, name: str, formats: Sequence[str] = ("pdf", "p
 
     import matplotlib
 
-    from .results.io import atomic_write_bytes
 
     paths = []
     with matplotlib.rc_context(RC):
@@ -323,8 +326,6 @@ def training_figure(history, dev_curve, model_layers=None, zero_shot=None, test=
 
 def record_training_figure(record: dict, profile: str):
     """The three training panels of one recorded run."""
-    from .studies import run_curves
-
     hist, dev = run_curves(record)
     t = (record.get("test") or {}).get("value")
     z = (record.get("zero_shot") or {}).get("value")
@@ -335,13 +336,10 @@ def record_training_figure(record: dict, profile: str):
 
 def convergence_figure(records: list[dict], profile: str, title: str = "convergence"):
     """Train fitness of the whole configuration and dev metric against calls, per method (seeds: thin lines)."""
-    from .studies import run_curves
-
     fig, axes = new_figure(1, 2, width=7.0, height=2.5)
-    methods = [m for m in METHOD_ORDER if any(r["method"] == m for r in records)]
-    methods += sorted({r["method"] for r in records} - set(methods))
+    names = methods.ordered(r["method"] for r in records)
     with style():
-        for k, m in enumerate(methods):
+        for k, m in enumerate(names):
             color = f"C{k}"
             for j, rec in enumerate(r for r in records if r["method"] == m):
                 hist, dev = run_curves(rec)
@@ -438,10 +436,6 @@ def rank_figure(df, records, profile: str):
 
 def main_comparison_figure(table_records: list[dict], profile: str):
     """Bars: test metric per method and task (mean ± std over seeds), from the main-table records."""
-    import pandas as pd
-
-    from .results.table import frame
-
     df = frame(table_records)
     fig, axes = new_figure(
         1, 1, width=max(3.4, 1.2 + 0.9 * max(1, df["task"].nunique() if not df.empty else 1)), height=2.5
@@ -449,18 +443,16 @@ def main_comparison_figure(table_records: list[dict], profile: str):
     ax = axes[0][0]
     with style():
         if not df.empty:
-            methods = [m for m in METHOD_ORDER if m in set(df["method"])] + sorted(
-                set(df["method"]) - set(METHOD_ORDER)
-            )
+            names = methods.ordered(df["method"])
             tasks = list(dict.fromkeys(df["task"]))
-            width = 0.8 / len(methods)
-            for k, m in enumerate(methods):
+            width = 0.8 / len(names)
+            for k, m in enumerate(names):
                 means, stds = [], []
                 for t in tasks:
                     v = df[(df["method"] == m) & (df["task"] == t)]["test"].astype(float)
                     means.append(v.mean() * 100 if len(v) else np.nan)
                     stds.append(v.std(ddof=1) * 100 if len(v) > 1 else 0.0)
-                x = np.arange(len(tasks)) + (k - (len(methods) - 1) / 2) * width
+                x = np.arange(len(tasks)) + (k - (len(names) - 1) / 2) * width
                 ax.bar(x, means, width, yerr=stds, capsize=2, label=m, color=f"C{k}")
             ax.set_xticks(range(len(tasks)), tasks)
             lo = np.nanmin(df["test"].astype(float)) * 100
@@ -470,5 +462,4 @@ def main_comparison_figure(table_records: list[dict], profile: str):
         ax.set_title("main comparison", fontsize=8)
         fig.tight_layout()
         footer(fig, describe_records(table_records, profile))
-    _ = pd
     return fig

@@ -19,9 +19,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .results.grid import run_dir
-from .results.io import read_json
-from .results.record import RECORD
+from ..experiment import Experiment, zero_shot
+from ..methods import RunContext
+from ..results.record import RunFolder, RunRecord
+from ..runner import run
+from ..search.loop import LayerwiseSearch
+from .collect import run_curves
+from .grid import find_run
+from .plotting import describe_records, draw_training, footer, new_figure, style
 
 
 def _display(obj, **kw):
@@ -40,8 +45,6 @@ class LiveCurves:
     def __init__(self, title: str = "", interval: float = 1.0, show: bool = True, note: str = ""):
         import matplotlib.pyplot as plt
 
-        from .plotting import footer, new_figure, style
-
         self.fig, axes = new_figure(1, 3, width=7.5, height=2.3)
         self.axes = axes[0]
         self.title, self.interval, self.note = title, interval, note
@@ -58,7 +61,6 @@ class LiveCurves:
         now = time.perf_counter()
         if not force and now - self._last < self.interval:
             return
-        from .plotting import draw_training, style
 
         with style():
             draw_training(self.axes, history, dev_curve, model_layers, zero_shot, test)
@@ -189,7 +191,7 @@ class TrainingSession:
     ):
         self.planned, self.cfg = planned, planned.cfg
         self.root = Path(root)
-        self.out = run_dir(root, self.cfg)
+        self.out = find_run(root, self.cfg)
         self.loaded, self.interactive, self.profile = loaded, interactive, profile
         self.more_generations, self.log, self.show_figure = more_generations, log, show_figure
         self.search = None
@@ -199,14 +201,8 @@ class TrainingSession:
         self.record = self._finished()
         self.zero_shot_value = None
 
-    def _finished(self) -> dict | None:
-        path = self.out / RECORD
-        if path.is_file():
-            rec = read_json(path)
-            if rec.get("status") == "done":
-                rec["_dir"] = str(self.out)
-                return rec
-        return None
+    def _finished(self) -> RunRecord | None:
+        return RunFolder(self.out).finished()
 
     @property
     def title(self) -> str:
@@ -215,8 +211,6 @@ class TrainingSession:
 
     # -- display ----------------------------------------------------------------------------------
     def show(self) -> TrainingSession:
-        from .plotting import describe_records
-
         note = describe_records([{"config": self.cfg.to_dict(), "seed": self.cfg.seed}], self.profile)
         self.view = LiveCurves(self.title, interval=1.0 if self.interactive else 5.0, show=self.show_figure, note=note)
         if self.record is not None:
@@ -230,23 +224,17 @@ class TrainingSession:
         return self
 
     def _draw_record(self) -> None:
-        from .studies import run_curves
-
         hist, dev = run_curves(self.record)
         layers = (self.record.get("projection") or {}).get("model_layers")
         self.view.draw(hist, dev, layers, self.record["zero_shot"]["value"], self.record["test"]["value"], force=True)
 
     def _start_search(self) -> None:
-        from .experiment import Experiment
-        from .results.record import RunFolder
-        from .runner import zero_shot
-        from .search.loop import LayerwiseSearch
-
         self.exp = Experiment.prepare(self.cfg, self.loaded)
         self.loaded = self.exp.loaded
         self.zero_shot_value = zero_shot(self.exp)["value"]
-        self.search = LayerwiseSearch(self.exp, self.out, self._on_generation, self._on_eval)
-        state = RunFolder(self.out).load_checkpoint()
+        ctx = RunContext(self.out, resume=True)
+        self.search = LayerwiseSearch(self.exp, ctx, self._on_generation, self._on_eval)
+        state = ctx.load_checkpoint()
         if state is not None:
             self.search.load_state_dict(state)
         self.search.start()
@@ -305,8 +293,6 @@ class TrainingSession:
 
     def finish(self) -> dict:
         """Complete the budget from the last checkpoint and write the record (returned)."""
-        from .runner import run
-
         if self.record is not None:
             return self.record
         if self.search is not None:
@@ -319,7 +305,6 @@ class TrainingSession:
         }
         rec = run(self.cfg, out=self.out, resume=True, loaded=self.loaded, tags=self.planned.tags, **callbacks)
         self.progress.close()
-        rec["_dir"] = str(self.out)
         self.record = rec
         if self.view is not None:
             self._draw_record()

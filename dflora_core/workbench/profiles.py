@@ -14,7 +14,7 @@ Every key is typed and validated; an unknown key is an error naming it. Every pl
 configuration is validated (against the model's layer count too) when the profile loads,
 before any model is.
 
-    from dflora_core.profiles import load_profile
+    from dflora_core.workbench.profiles import load_profile
     p = load_profile("quick")            # or a path to a YAML file
     p.base                               # the RunConfig every run starts from
 """
@@ -25,10 +25,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, _build, _merge, from_dict, load_yaml, validate
-from .errors import ConfigError
+from .. import methods
+from ..config import RunConfig, _build, _merge, from_dict, load_yaml
+from ..data.tasks import TASKS
+from ..errors import ConfigError
+from ..lowrank.arch import TARGET_LETTERS
+from ..lowrank.hidden_stats import SOURCES
+from ..lowrank.projection import INITS
+from ..models.registry import check_model_name, peek_model
+from .plans import all_planned
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "configs"
 
 
@@ -201,20 +208,14 @@ def _check(cond: bool, name: str, message: str) -> None:
 
 def validate_profile(p: Profile) -> Profile:
     """Check every section, then build and validate every planned run configuration."""
-    from . import baselines  # noqa: F401 - registers the peer methods
-    from .config import DFO_LORA_METHODS, METHODS
-    from .data.tasks import TASKS
-    from .lowrank.hidden_stats import SOURCES
-    from .lowrank.projection import INITS
-    from .models.registry import check_model_name
-
+    layerwise = methods.names("dfo-lora")
     _check(bool(p.name), "name", "a profile needs a name")
     _check(p.threads >= 0, "threads", "must be >= 0 (0 = torch's default)")
     for section, spec in (("run", p.run), ("ablations.run", p.ablations.run)):
         _check(isinstance(spec, dict), section, "expected a mapping of RunConfig overrides")
     try:
-        validate(p.base)
-        validate(p.ablation_base)
+        methods.validate(p.base)
+        methods.validate(p.ablation_base)
     except ConfigError as err:
         raise ConfigError(f"run.{err.field}", str(err).split(": ", 2)[-1]) from None
 
@@ -245,17 +246,16 @@ def validate_profile(p: Profile) -> Profile:
     _check(pr.max_rows >= 8, "projection.max_rows", "must be >= 8")
     t = p.training
     tasks("training.task", (t.task,))
-    bad = [m for m in t.methods if m not in DFO_LORA_METHODS]
-    _check(
-        not bad, "training.methods", f"{bad}: live training runs are layer-wise DFO methods {sorted(DFO_LORA_METHODS)}"
-    )
+    bad = [m for m in t.methods if m not in layerwise]
+    _check(not bad, "training.methods", f"{bad}: live training runs are layer-wise DFO methods {sorted(layerwise)}")
     _check(t.more_generations >= 1, "training.more_generations", "must be >= 1")
     m = p.main
     tasks("main.tasks", m.tasks)
     nonempty_unique("main.seeds", m.seeds)
     nonempty_unique("main.methods", m.methods)
-    bad = [x for x in m.methods if x not in METHODS]
-    _check(not bad, "main.methods", f"unknown method(s) {bad}; choose from {sorted(METHODS)} (peers go in main.peers)")
+    bad = [x for x in m.methods if x not in methods.METHODS]
+    _check(not bad, "main.methods",
+           f"unknown method(s) {bad}; choose from {sorted(methods.METHODS)} (peers go in main.peers)")  # fmt: skip
     a = p.ablations
     tasks("ablations.task", (a.task,))
     nonempty_unique("ablations.seeds", a.seeds)
@@ -270,19 +270,17 @@ def validate_profile(p: Profile) -> Profile:
     for tg in a.targets:
         parts = [x.strip() for x in tg.split(",")]
         _check(
-            all(x in ("q", "k", "v", "o") for x in parts) and len(set(parts)) == len(parts),
+            all(x in TARGET_LETTERS for x in parts) and len(set(parts)) == len(parts),
             "ablations.targets",
-            f"{tg!r}: a comma-separated subset of q,k,v,o",
+            f"{tg!r}: a comma-separated subset of {','.join(TARGET_LETTERS)}",
         )
-    bad = [x for x in a.optimizer if x not in DFO_LORA_METHODS]
-    _check(not bad, "ablations.optimizer", f"{bad}: choose from {sorted(DFO_LORA_METHODS)}")
+    bad = [x for x in a.optimizer if x not in layerwise]
+    _check(not bad, "ablations.optimizer", f"{bad}: choose from {sorted(layerwise)}")
     f = p.figures
     bad = [x for x in f.formats if x not in ("pdf", "png", "svg")]
     _check(not bad and len(f.formats) >= 1, "figures.formats", "choose from pdf, png, svg")
     _check(50 <= f.dpi <= 600, "figures.dpi", "must be between 50 and 600")
     # every planned run, against the model's layer count (no weights are loaded)
-    from .studies import all_planned
-
     for planned in all_planned(p):
         try:
             _validate_with_model(planned.cfg)
@@ -294,10 +292,8 @@ def validate_profile(p: Profile) -> Profile:
 
 
 def _validate_with_model(cfg: RunConfig) -> None:
-    from .models.registry import peek_model
-
     model_type, n_layers = peek_model(cfg.model.name)
-    validate(cfg, num_layers=n_layers or None, model_type=model_type or None)
+    methods.validate(cfg, num_layers=n_layers or None, model_type=model_type or None)
 
 
 def field_names(cls=Profile) -> list[str]:

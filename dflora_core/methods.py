@@ -1,0 +1,215 @@
+"""The methods table: every method a run can name, in one place.
+
+    spec = methods.get("c-lora")            # MethodSpec(name, family, runner, ...)
+    fn = methods.load_runner("c-lora")      # imports dflora_core.search.method, returns run_layerwise
+    methods.validate(cfg, num_layers=30, model_type="llama")
+
+A ``MethodSpec`` names its runner as ``"module:function"`` under ``dflora_core``; the module
+is imported only when a run of that method starts (``load_runner``), so the table sits low
+in the package (above the config, below everything that runs) and nothing registers itself
+as a side effect of an import. A new method is one row here plus its runner (docs/architecture.md).
+
+A runner is ``fn(exp: Experiment, ctx: RunContext) -> dict``: it tunes, scores the selected
+state on the test set (or returns ``test: None`` when the selected state is the unadapted
+model) and returns the method-specific fields of the record.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig, check_fields
+from .errors import ConfigError, DfloraError
+from .fileio import atomic_save_npz, atomic_write_bytes, atomic_write_json
+
+FAMILIES = {
+    "reference": "the unadapted model",
+    "dfo-lora": "layer-wise derivative-free low-rank adaptation (the paper's method and its control arms)",
+    "control": "ablation arms that tune nothing",
+    "calibrated": "the manual prompt with a fitted label bias",
+    "icl": "in-context learning",
+    "prompt": "black-box prompt tuning (BBT, BBTv2)",
+    "gradient": "gradient-based tuning",
+    "zeroth-order": "zeroth-order (forward-only) tuning",
+}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    family: str  # a key of FAMILIES
+    runner: str  # "module:function" under dflora_core, imported by load_runner
+    description: str  # one line, shown by `dflora methods`
+    order: int = 100  # position in tables and figures (lower first, ties by name)
+    optimizer: str | None = None  # the per-layer optimizer of a layer-wise search (optim.OPTIMIZERS)
+    validate: Callable[[RunConfig, int | None, str | None], None] | None = None  # rules beyond the fields
+    searches: bool = True  # spends search.budget; False: nothing is tuned or only fitted in closed form
+    differentiable: bool = False  # needs a differentiable loss (ce or hinge)
+
+
+# -- method-specific rules (fields alone are checked by config.check_fields) --------------------------
+def _one_round(cfg: RunConfig, adapted: int, what: str) -> None:
+    one_round = cfg.optim.popsize * adapted
+    if cfg.search.budget < one_round:
+        raise ConfigError(
+            "search.budget",
+            f"{cfg.search.budget} calls is less than one round of {what} over {adapted} layers "
+            f"(popsize {cfg.optim.popsize} x {adapted} = {one_round})",
+        )
+
+
+def _patchable(cfg: RunConfig, model_type: str | None) -> None:
+    from .lowrank.arch import ARCHS
+
+    if model_type is not None and model_type not in ARCHS:
+        raise ConfigError(
+            "model.name", f"architecture {model_type!r} is not in the low-rank patching table ({sorted(set(ARCHS))})"
+        )
+
+
+def _check_layerwise(cfg: RunConfig, num_layers: int | None, model_type: str | None) -> None:
+    _patchable(cfg, model_type)
+    if num_layers is not None:
+        layers = cfg.lowrank.layers
+        _one_round(cfg, num_layers if layers is None else len(layers), cfg.method)
+
+
+def _check_bbtv2(cfg: RunConfig, num_layers: int | None, model_type: str | None) -> None:
+    _patchable(cfg, model_type)
+    if num_layers is not None:
+        layers = cfg.baseline.prompt_layers
+        _one_round(cfg, num_layers if layers is None else len(layers), "bbtv2")
+
+
+def _check_patchable(cfg: RunConfig, num_layers: int | None, model_type: str | None) -> None:
+    _patchable(cfg, model_type)
+
+
+def _dfo(name: str, optimizer: str, description: str, order: int = 100) -> MethodSpec:
+    return MethodSpec(name, "dfo-lora", "search.method:run_layerwise", description, order, optimizer, _check_layerwise)
+
+
+def _zo(name: str, runner: str, description: str, differentiable: bool = False) -> MethodSpec:
+    return MethodSpec(name, "zeroth-order", f"baselines.zeroth_order:{runner}", description,
+                      differentiable=differentiable)  # fmt: skip
+
+
+_SPECS = (
+    MethodSpec("zeroshot", "reference", "search.method:run_zeroshot",
+               "the manual prompt, no tuning (the paper's 'manual prompt' row)", 0, searches=False),
+    MethodSpec("zeroshot-calibrated", "calibrated", "baselines.calibrated:run_calibrated",
+               "the manual prompt with its label bias corrected on the train set "
+               "(contextual calibration / fitted bias / threshold, chosen on dev)", 1, searches=False),
+    MethodSpec("icl", "icl", "baselines.icl:run_icl",
+               "in-context learning: train demonstrations before the manual prompt, as many as fit", 2,
+               searches=False),
+    MethodSpec("bbt", "prompt", "baselines.prompt_tuning:run_prompt_tuning",
+               "black-box tuning: 50 input prompt vectors from d = 500 via a random projection, CMA-ES", 3,
+               optimizer="cmaes"),
+    MethodSpec("bbtv2", "prompt", "baselines.prompt_tuning:run_prompt_tuning",
+               "BBTv2: deep prompts at every layer, layer-wise CMA-ES with the hidden-state projection init", 4,
+               optimizer="cmaes", validate=_check_bbtv2),
+    MethodSpec("lora", "gradient", "baselines.gradient:run_lora",
+               "gradient LoRA through PEFT with AdamW (rank 8, alpha 16 on q,v), dev-selected", 5,
+               differentiable=True),
+    MethodSpec("ft", "gradient", "baselines.gradient:run_ft",
+               "full fine-tuning with AdamW (the 'model tuning' row), dev-selected", 6, differentiable=True),
+    _dfo("c-lora", "cmaes", "layer-wise derivative-free LoRA with cmaes (the paper's C-LoRA)", 7),
+    _dfo("f-lora", "lotfwa", "layer-wise derivative-free LoRA with lotfwa (the paper's F-LoRA)", 8),
+    _dfo("rs-lora", "random", "layer-wise derivative-free LoRA with random search (control arm)", 9),
+    _dfo("fwa-lora", "fwa", "layer-wise derivative-free LoRA with a single firework, no tournament (control arm)"),
+    MethodSpec("no-opt", "control", "search.method:run_noopt",
+               "the initialisation alone: random z from the optimizer's start distribution at every layer, "
+               "no search (the paper's Table 4 'w/o optimisation')", searches=False, validate=_check_patchable),
+    _zo("zo-sgd", "run_zo_sgd", "MeZO zeroth-order SGD (2 forwards per step, in-place seeded perturbations)"),
+    _zo("zo-sgd-sign", "run_zo_sgd_sign", "zeroth-order sign SGD (2 forwards per step)"),
+    _zo("zo-adam", "run_zo_adam", "zeroth-order Adam on the SPSA estimate (2 forwards per step)"),
+    _zo("forward-grad", "run_forward_grad", "forward gradient: one Jacobian-vector product per step (torch.func.jvp)",
+        differentiable=True),
+)  # fmt: skip
+METHODS: dict[str, MethodSpec] = {s.name: s for s in _SPECS}
+
+
+def get(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise ConfigError("method", f"unknown method {name!r}; choose from {sorted(METHODS)}")
+    return METHODS[name]
+
+
+def names(family: str | None = None) -> list[str]:
+    return [m for m, s in METHODS.items() if family is None or s.family == family]
+
+
+def is_layerwise_lora(name: str) -> bool:
+    """A layer-wise low-rank search (C-LoRA, F-LoRA and their control arms)."""
+    return name in METHODS and METHODS[name].family == "dfo-lora"
+
+
+def ordered(method_names) -> list[str]:
+    """Unique names in table order (the table's ``order``, then by name; unknown names with the unordered)."""
+    unique = list(dict.fromkeys(method_names))
+    return sorted(unique, key=lambda m: (METHODS[m].order if m in METHODS else 100, m))
+
+
+def load_runner(name: str) -> Callable[..., dict]:
+    """Import the runner of a method (the explicit loader: nothing is imported for side effects)."""
+    module, _, fn = get(name).runner.partition(":")
+    return getattr(importlib.import_module(f"dflora_core.{module}"), fn)
+
+
+def validate(cfg: RunConfig, num_layers: int | None = None, model_type: str | None = None) -> RunConfig:
+    """Every field, then the method's own rules; ``num_layers``/``model_type`` enable the model checks."""
+    spec = get(cfg.method)
+    check_fields(cfg, num_layers)
+    if spec.differentiable and cfg.search.loss == "neg_metric":
+        raise ConfigError("search.loss", f"{cfg.method} needs a differentiable loss: ce or hinge")
+    if spec.validate is not None:
+        spec.validate(cfg, num_layers, model_type)
+    return cfg
+
+
+# -- what a runner gets besides the experiment ---------------------------------------------------------
+CHECKPOINT = "checkpoint.pkl"
+
+
+@dataclass
+class RunContext:
+    """The run folder (None: nothing is written), whether to resume, and the notebook callbacks.
+
+    Callbacks: ``on_start(search)``, ``on_generation(search, gen)``, ``on_eval(search_or_method, row)``.
+    """
+
+    path: Path | None = None
+    resume: bool = False
+    callbacks: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    elapsed_before: float = 0.0  # set by a resumed method: wall time of the earlier sessions
+
+    def callback(self, name: str) -> Callable[..., Any] | None:
+        return self.callbacks.get(name)
+
+    def write_json(self, name: str, obj: Any) -> None:
+        if self.path is not None:
+            atomic_write_json(self.path / name, obj)
+
+    def save_arrays(self, name: str, **arrays) -> None:
+        if self.path is not None:
+            atomic_save_npz(self.path / name, **arrays)
+
+    def save_checkpoint(self, state: dict) -> None:
+        if self.path is not None:
+            atomic_write_bytes(self.path / CHECKPOINT, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def load_checkpoint(self) -> dict | None:
+        """The saved state when resuming (None for a fresh run or when nothing was saved)."""
+        if not self.resume or self.path is None or not (self.path / CHECKPOINT).is_file():
+            return None
+        try:
+            with open(self.path / CHECKPOINT, "rb") as f:
+                return pickle.load(f)
+        except (OSError, EOFError, pickle.UnpicklingError) as err:
+            raise DfloraError(f"{self.path / CHECKPOINT}: unreadable checkpoint ({err})") from None

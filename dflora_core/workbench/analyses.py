@@ -1,0 +1,300 @@
+"""The analyses of the frozen model behind notebooks 01 and 02, recorded as JSON under
+``<runs_root>/analysis/``: per-layer hidden-state statistics (the "ril" scale) and the update
+magnitudes an initialisation implies, per layer (``ProjectionStudy``, fast enough for sliders).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+from ..config import RunConfig
+from ..experiment import Experiment
+from ..fileio import atomic_write_json, read_json
+from ..lowrank.build import build_projection, measure_scales, site_dims
+from ..lowrank.hidden_stats import SOURCES
+from ..lowrank.patching import LowRankPatch
+from ..models.registry import load_model
+from ..seeds import generator
+from .plans import round_dim
+
+ANALYSIS = "analysis"
+
+
+# -- 01: hidden-state statistics ---------------------------------------------------------------
+def analysis_path(root: str | Path, name: str) -> Path:
+    return Path(root) / ANALYSIS / f"{name}.json"
+
+
+def _stats_config(profile, model: str, task: str, seed: int) -> RunConfig:
+    return profile.base.replace(
+        **{"method": "zeroshot", "model.name": model, "data.task": task, "seed": seed, "lowrank.layers": None}
+    )
+
+
+def hidden_stats_study(profile, tasks=None, models=None, progress: Callable[[str], None] | None = None) -> dict:
+    """Per-layer mean/std (raw and clipped) of the hidden states on each task's few-shot batch.
+
+    For every model, task and source (residual stream entering the layer, or the input of the
+    adapted projection), plus the projection std the "ril" init derives from it
+    (alpha * std_hat / (sqrt(d) * sigma) with the profile's alpha, d, sigma).
+    """
+    s = profile.stats
+    tasks = list(tasks or s.tasks)
+    models = list(models or s.models)
+    lr, sigma = profile.base.lowrank, profile.base.optim.sigma
+    rows, meta = [], []
+    for model in models:
+        t0 = time.perf_counter()
+        loaded = load_model(model, profile.base.model.device)
+        embed_std = float(loaded.model.get_input_embeddings().weight.float().std())
+        for task in tasks:
+            cfg = _stats_config(profile, model, task, s.seed)
+            exp = Experiment.prepare(cfg, loaded)
+            for source in s.sources:
+                settings = dataclasses.replace(lr, stat_source=source)
+                stats, scales = measure_scales(loaded, exp.train, settings, exp.max_tokens)
+                for st, scale in zip(stats, scales, strict=True):
+                    rows.append(
+                        {
+                            "model": model,
+                            "model_type": loaded.model_type,
+                            "task": task,
+                            **st.as_dict(),
+                            "std_hat": scale,
+                            "ril_std": lr.alpha * scale / (math.sqrt(lr.intrinsic_dim) * sigma),
+                        }
+                    )
+            meta.append(
+                {
+                    "model": model,
+                    "task": task,
+                    "train_size": len(exp.train),
+                    "tokens": int(exp.train.lengths.sum()),
+                    "template": exp.encoder.template.pattern,
+                }
+            )
+            if progress:
+                progress(f"hidden-state statistics: {model} {task} done ({time.perf_counter() - t0:.0f} s)")
+        meta.append({"model": model, "embedding_std": embed_std, "layers": loaded.model.config.num_hidden_layers})
+        del loaded
+    return {
+        "kind": "hidden_stats",
+        "profile": profile.name,
+        "seed": s.seed,
+        "alpha": lr.alpha,
+        "intrinsic_dim": lr.intrinsic_dim,
+        "sigma": sigma,
+        "clip_rounds": lr.clip_rounds,
+        "clip_sigma": lr.clip_sigma,
+        "rows": rows,
+        "meta": meta,
+    }
+
+
+def save_analysis(root: str | Path, name: str, result: dict) -> Path:
+    path = analysis_path(root, name)
+    atomic_write_json(path, result)
+    return path
+
+
+def load_analysis(root: str | Path, name: str) -> dict | None:
+    path = analysis_path(root, name)
+    return read_json(path) if path.is_file() else None
+
+
+def implied_scale_summary(result: dict):
+    """Per model/task/source: the std_hat range over layers and the ratio top/bottom layer."""
+    import pandas as pd
+
+    df = pd.DataFrame(result["rows"])
+    if df.empty:
+        return df
+    g = df.groupby(["model", "source", "task"], sort=False)
+    out = g.agg(
+        layers=("layer", "count"),
+        std_first=("std_hat", "first"),
+        std_last=("std_hat", "last"),
+        std_min=("std_hat", "min"),
+        std_max=("std_hat", "max"),
+        kept_min=("kept", "min"),
+    )
+    out["growth (last / first)"] = (out["std_last"] / out["std_first"]).round(2)
+    return out.round(4)
+
+
+# -- 02: projection initialisation ------------------------------------------------------------------
+class ProjectionStudy:
+    """Update magnitudes per layer implied by an initialisation, on the frozen model.
+
+    For layer l and target t, with z ~ N(0, sigma^2 I) (the optimizer's starting spread):
+    A = reshape(M_A z_A), B = reshape(M_B z_B), Delta W = A B, and two ratios:
+    ||Delta W||_F / ||W||_F (against the frozen weight) and ||X Delta W||_F / ||X W||_F on the
+    projection's real inputs X (the few-shot batch). The frozen model is read once; each
+    ``magnitudes`` call only regenerates the projection maps (fast enough for sliders).
+    """
+
+    def __init__(self, profile, task: str | None = None, loaded=None, seed: int | None = None):
+        self.profile = profile
+        base = profile.base
+        task = task or profile.projection.task
+        self.seed = base.seed if seed is None else seed
+        self.seed_scheme = base.seed_scheme
+        cfg = base.replace(**{"method": "zeroshot", "data.task": task, "seed": self.seed})
+        self.exp = Experiment.prepare(cfg, loaded)
+        self.loaded = self.exp.loaded
+        lr = cfg.lowrank
+        self.targets = lr.targets
+        self.stats, self.std_hat = {}, {}
+        for src in SOURCES:
+            self.stats[src], self.std_hat[src] = measure_scales(
+                self.loaded, self.exp.train, dataclasses.replace(lr, stat_source=src), self.exp.max_tokens
+            )
+        patch = LowRankPatch(self.loaded.model, self.targets, None)
+        try:
+            self.model_layers = list(patch.model_layers)
+            self.dims = site_dims(patch)
+            self.W, self.X, self.Y = [], [], []
+            inputs: dict[int, list] = {}
+            max_rows = profile.projection.max_rows
+            mask_box: list = []
+            handles = []
+            wrappers = {}
+            for i, sites in enumerate(patch.sites):
+                for _t, site in sites.items():
+                    wrappers.setdefault(id(site.wrapper), (i, site.wrapper))
+            for wid, (_i, w) in wrappers.items():
+
+                def hook(_m, args, _wid=wid):
+                    x = args[0][mask_box[0].bool()]
+                    inputs.setdefault(_wid, []).append(x.detach().float())
+
+                handles.append(w.register_forward_pre_hook(hook))
+            with torch.no_grad():
+                for batch in self.exp.train.batches(self.exp.max_tokens, self.loaded.device):
+                    mask_box[:] = [batch.attention_mask]
+                    self.loaded.model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            for h in handles:
+                h.remove()
+            gen = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for sites in patch.sites:
+                    Ws, Xs, Ys = {}, {}, {}
+                    for t, site in sites.items():
+                        w = site.wrapper
+                        x = torch.cat(inputs[id(w)])
+                        if len(x) > max_rows:
+                            x = x[torch.randperm(len(x), generator=gen)[:max_rows]]
+                        eye = torch.eye(w.in_features, device=self.loaded.device)
+                        zero = torch.zeros(1, w.in_features, device=self.loaded.device)
+                        sel = w.selects[t]
+                        W = _select(w.base(eye) - w.base(zero), sel)
+                        Y = _select(w.base(x) - w.base(zero), sel)
+                        Ws[t], Xs[t], Ys[t] = W.cpu(), x.cpu(), Y.cpu()
+                    self.W.append(Ws)
+                    self.X.append(Xs)
+                    self.Y.append(Ys)
+        finally:
+            patch.remove()
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.dims)
+
+    def magnitudes(
+        self,
+        init: str,
+        d: int | None = None,
+        sigma: float | None = None,
+        alpha: float | None = None,
+        rank: int | None = None,
+        source: str | None = None,
+        draws: int | None = None,
+        ri_std: float | None = None,
+    ) -> list[dict]:
+        """Rows (layer, target, ratios averaged over draws) for one setting; None = the profile's value."""
+        lr, op = self.profile.base.lowrank, self.profile.base.optim
+        d = lr.intrinsic_dim if d is None else int(d)
+        d = round_dim(d, len(self.targets))
+        sigma = op.sigma if sigma is None else float(sigma)
+        alpha = lr.alpha if alpha is None else float(alpha)
+        rank = lr.rank if rank is None else int(rank)
+        source = source or lr.stat_source
+        draws = draws or self.profile.projection.draws
+        ri_std = lr.ri_std if ri_std is None else float(ri_std)
+        proj = build_projection(
+            self.dims, self.model_layers, lr, self.seed, sigma, self.std_hat[source], "cpu", self.seed_scheme,
+            rank=rank, intrinsic_dim=d, init=init, alpha=alpha, ri_std=ri_std,
+        )  # fmt: skip
+        rng = generator(self.seed, "projection_study", scheme=self.seed_scheme)
+        rows = []
+        with torch.no_grad():
+            for layer in range(self.num_layers):
+                Z = rng.standard_normal((draws, d)) * sigma
+                factors = proj.factors(layer, Z)
+                for t, (A, B) in factors.items():
+                    # ||A B||_F^2 = tr((A^T A)(B B^T)): r x r products, never the [in, out] update
+                    gram = torch.bmm(A.transpose(1, 2), A) * torch.bmm(B, B.transpose(1, 2)).transpose(1, 2)
+                    dw_norm = gram.sum(dim=(1, 2)).clamp_min(0).sqrt()  # [draws]
+                    w_norm = float(self.W[layer][t].norm())
+                    dY = torch.matmul(torch.matmul(self.X[layer][t], A), B)  # [draws, n, out]
+                    y_norm = float(self.Y[layer][t].norm())
+                    rows.append(
+                        {
+                            "init": init,
+                            "source": source,
+                            "layer": self.model_layers[layer],
+                            "target": t,
+                            "d": d,
+                            "sigma": sigma,
+                            "alpha": alpha,
+                            "rank": rank,
+                            "A_std": float(A.std()),
+                            "B_std": float(B.std()),
+                            "weight_ratio": float(dw_norm.mean()) / w_norm,
+                            "output_ratio": float(dY.flatten(1).norm(dim=1).mean()) / y_norm,
+                        }
+                    )
+                proj._cache.clear()
+        return rows
+
+    def study(self, settings: Iterable[dict]) -> dict:
+        rows = []
+        for s in settings:
+            rows += self.magnitudes(**s)
+        return {
+            "kind": "projection",
+            "profile": self.profile.name,
+            "model": self.loaded.name,
+            "task": self.exp.task.name,
+            "seed": self.seed,
+            "targets": list(self.targets),
+            "std_hat": self.std_hat,
+            "rows": rows,
+        }
+
+
+def _select(y, sel):
+    if sel is None:
+        return y
+    if isinstance(sel, slice):
+        return y[..., sel]
+    return torch.index_select(y, -1, sel.to(y.device))
+
+
+def default_projection_settings(profile) -> list[dict]:
+    """The headless settings of notebook 02: each init at the profile's d, sigma, alpha, rank;
+    "ril" with both statistic sources."""
+    out = []
+    for init in profile.projection.inits:
+        if init == "ri":
+            out.append({"init": "ri"})
+        else:
+            for src in ("residual", "proj_input"):
+                out.append({"init": init, "source": src})
+    return out

@@ -1,0 +1,132 @@
+"""Which recorded runs belong to which plan, table or figure (records are only read here).
+
+Records meet plans by identity (``PlannedRun.key`` = ``config.identity`` of the record's
+configuration), so a record is found wherever its folder lives and whatever it is named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .. import methods
+from ..config import from_dict, identity
+from ..errors import DfloraError
+from ..fileio import read_json
+from ..results.record import RunRecord, load_records
+from .plans import PlannedRun, main_plan, noopt_plan, unique_runs
+from .tables import flat_row
+
+
+def index_records(records: Iterable[RunRecord]) -> dict[str, RunRecord]:
+    """identity -> record (the identity ignores display settings such as the progress flag)."""
+    out = {}
+    for rec in records:
+        if rec.get("method") != (rec.get("config") or {}).get("method"):
+            continue  # an early no-optimisation record (it kept its optimised run's config)
+        try:
+            out[identity(from_dict(rec["config"]))] = rec
+        except DfloraError:  # a record of another code version: not part of any plan
+            continue
+    return out
+
+
+def load_all_records(root: str | Path) -> list[RunRecord]:
+    return load_records(root) if Path(root).is_dir() else []
+
+
+def record_row(rec: RunRecord) -> dict[str, Any]:
+    row = flat_row(rec)
+    row.update(
+        final_train_fitness=rec.get("final_train_fitness"),
+        train_at_best=(rec.get("train_at_best") or {}).get("value"),
+        selected_start=rec.get("selected_start"),
+        stopped=rec.get("stopped"),
+        dir=rec.get("_dir"),
+    )
+    return row
+
+
+def study_frame(plan: Iterable[PlannedRun], records: Iterable[RunRecord]):
+    """One row per planned run that has a record: study, axis, value + the record's columns."""
+    import pandas as pd
+
+    idx = index_records(records)
+    rows = []
+    for p in plan:
+        rec = idx.get(p.key)
+        if rec is None:
+            continue
+        row = record_row(rec)
+        row.update(study=p.study, axis=p.axis, value=p.value, seed=p.cfg.seed)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def missing_runs(plan: Iterable[PlannedRun], records: Iterable[RunRecord]) -> list[PlannedRun]:
+    idx = index_records(records)
+    return [p for p in unique_runs(plan) if p.key not in idx]
+
+
+def main_records(profile, records: list[RunRecord]) -> list[RunRecord]:
+    """The records of the main comparison: the main plan's runs, plus any peer method's records
+    (from the runs root or the profile's ``extra_roots``, e.g. ``dflora compare``) on the main
+    tasks, seeds and model, scored on the same test set and (methods that search) at the same
+    budget as the main runs."""
+    idx = index_records(records)
+    chosen = {id(idx[p.key]): idx[p.key] for p in main_plan(profile) if p.key in idx}
+    tests = {(r.get("task"), (r.get("data") or {}).get("test_digest")) for r in chosen.values()}
+    model = profile.base.model.name
+    budget = profile.base.search.budget
+    for rec in records:
+        m = rec.get("method")
+        spec = methods.METHODS.get(m)
+        if (
+            spec is not None
+            and spec.family not in ("dfo-lora", "control")
+            # peers join only at the main runs' budget: a table mixing budgets would mislead
+            and (not spec.searches or ((rec.get("config") or {}).get("search") or {}).get("budget") == budget)
+            and rec.get("task") in profile.main.tasks
+            and rec.get("seed") in profile.main.seeds
+            and rec.get("model") == model
+            and (rec.get("task"), (rec.get("data") or {}).get("test_digest")) in tests
+        ):
+            chosen.setdefault(id(rec), rec)
+    return list(chosen.values())
+
+
+def profile_records(profile) -> list[RunRecord]:
+    """Every record under the runs root and the profile's extra roots (peer runs)."""
+    out = load_all_records(profile.path("runs_root"))
+    seen = {r.get("_dir") for r in out}
+    for root in profile.extra_paths():
+        out += [r for r in load_all_records(root) if r.get("_dir") not in seen]
+    return out
+
+
+def comparison_roots(profile) -> list[tuple[str, list[RunRecord]]]:
+    """(folder name, records) of every extra root that holds runs: ``dflora compare`` grids, such as
+    the committed ``results/`` folders, each rendered as its own table and convergence figure."""
+    out = []
+    for root in profile.extra_paths():
+        recs = load_all_records(root)
+        if recs:
+            out.append((Path(root).name, recs))
+    return out
+
+
+def noopt_records(profile, records: Iterable[RunRecord]) -> list[RunRecord]:
+    """The "without optimisation" records that belong to the profile's init study."""
+    keys = {p.key for p in noopt_plan(profile)}
+    return [rec for key, rec in index_records(records).items() if key in keys]
+
+
+def run_curves(record: RunRecord) -> tuple[list[dict], list[dict]]:
+    """(history rows, dev-curve rows) of a recorded run ([] when absent)."""
+    folder = record.get("_dir")
+    if not folder:
+        return [], []
+    hist = Path(folder) / "history.json"
+    dev = Path(folder) / "dev_curve.json"
+    return (read_json(hist) if hist.is_file() else []), (read_json(dev) if dev.is_file() else [])

@@ -1,0 +1,304 @@
+"""Results tables from run records: one row per run, then mean (std) over seeds.
+
+Tables know records and frames only; which records a table shows is chosen in ``collect``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import methods
+from ..fileio import atomic_write_bytes
+
+COLUMNS = (
+    "method",
+    "task",
+    "model",
+    "seed",
+    "metric",
+    "test",
+    "zero_shot",
+    "best_dev",
+    "calls",
+    "forward_passes",
+    "backward_passes",
+    "wall_s",
+    "peak_mem_bytes",
+    "params_optimised",
+    "params_stored",
+    "evals_per_s",
+    "test_name",
+    "test_official",
+    "device",
+    "dtype",
+)
+
+
+def flat_row(rec) -> dict[str, Any]:
+    """The columns of one record that tables and figures use (tags become columns too)."""
+    test = rec.get("test") or {}
+    dev = rec.get("best_dev") or {}
+    row = {
+        "method": rec.get("method"),
+        "task": rec.get("task"),
+        "model": rec.get("model"),
+        "seed": rec.get("seed"),
+        "metric": test.get("metric"),
+        "test": test.get("value"),
+        "zero_shot": (rec.get("zero_shot") or {}).get("value"),
+        "best_dev": dev.get("value"),
+        "calls": rec.get("calls"),
+        "forward_passes": rec.get("forward_passes"),
+        "backward_passes": rec.get("backward_passes", 0),
+        "wall_s": rec.get("wall_s"),
+        "peak_mem_bytes": rec.get("peak_mem_bytes"),
+        "params_optimised": rec.get("params_optimised"),
+        "params_stored": rec.get("params_stored"),
+        "evals_per_s": rec.get("evals_per_s"),
+        "test_name": test.get("name"),
+        "test_official": test.get("official"),
+        "device": rec.get("device"),
+        "dtype": rec.get("dtype"),
+    }
+    for k, v in (rec.get("tags") or {}).items():
+        row[k] = v
+    return row
+
+
+def frame(records: Iterable[dict]):
+    import pandas as pd
+
+    return pd.DataFrame([flat_row(r) for r in records])
+
+
+def mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
+    """'mean (std)' over seeds, as the paper's tables (accuracy in %); std of one value is shown as '-'."""
+    v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], float)
+    if v.size == 0:
+        return "-"
+    m = v.mean() * scale
+    s = v.std(ddof=1) * scale if v.size > 1 else float("nan")
+    return f"{m:.{digits}f} ({s:.{digits}f})" if v.size > 1 else f"{m:.{digits}f} (-)"
+
+
+def pivot(df, rows: str = "method", cols: str = "task", value: str = "test", row_order=None, col_order=None):
+    """rows x cols of 'mean (std)' over the remaining runs (seeds); also the seed counts."""
+    import pandas as pd
+
+    row_keys = row_order or list(dict.fromkeys(df[rows]))
+    col_keys = col_order or list(dict.fromkeys(df[cols]))
+    table = pd.DataFrame(index=row_keys, columns=col_keys, dtype=object)
+    counts = pd.DataFrame(0, index=row_keys, columns=col_keys)
+    for r in row_keys:
+        for c in col_keys:
+            vals = df[(df[rows] == r) & (df[cols] == c)][value].tolist()
+            table.loc[r, c] = mean_std(vals)
+            counts.loc[r, c] = len(vals)
+    table.index.name = rows
+    return table, counts
+
+
+def to_markdown(df, index: bool = True) -> str:
+    """A GitHub Markdown table (no extra dependency)."""
+    cols = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for idx, row in df.iterrows():
+        cells = ([str(idx)] if index else []) + ["" if v is None else str(v) for v in row.tolist()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _fmt_pct(values) -> str:
+    return mean_std(list(values))
+
+
+def _mib(n) -> int | None:
+    return None if n is None or math.isnan(n) else int(round(n / 2**20))
+
+
+def _round(x, digits):
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), digits)
+
+
+def method_order(names: Iterable[str]) -> list[str]:
+    """Zero-shot first, then the peers, then the layer-wise DFO methods (the methods table's order)."""
+    ms = list(dict.fromkeys(names))
+    known = [m for m in methods.ordered(ms) if m in methods.METHODS and methods.METHODS[m].order < 100]
+    others = sorted(m for m in ms if m not in known)
+    dfo = [m for m in known if methods.is_layerwise_lora(m)]
+    return [m for m in known if m not in dfo] + others + dfo
+
+
+def main_table(records, tasks: Sequence[str]):
+    """Methods x tasks, test metric x 100 as 'mean (std)' over seeds; returns (table, counts)."""
+    import pandas as pd
+
+    if not records:
+        return pd.DataFrame(), pd.DataFrame()
+    df = frame(records)
+    cols = [t for t in tasks if t in set(df["task"])]
+    return pivot(df, "method", "task", "test", row_order=method_order(df["method"]), col_order=cols)
+
+
+def cost_table(df):
+    """Memory and time per method (the paper's Table 3), from a study frame of the main runs."""
+    import pandas as pd
+
+    if df.empty:
+        return pd.DataFrame()
+    rows = []
+    for m, g in df.groupby("method", sort=False):
+        calls = g["calls"].astype(float)
+        wall = g["wall_s"].astype(float)
+        rows.append(
+            {
+                "method": m,
+                "runs": len(g),
+                "calls": int(calls.mean()) if calls.notna().any() else 0,
+                "wall time (s)": round(float(wall.mean()), 1),
+                "s / 100 calls": round(float((wall / calls * 100).mean()), 1) if (calls >= 100).all() else None,
+                "fitness evals / s": _round(g["evals_per_s"].astype(float).mean(), 2),
+                "forward passes": int(g["forward_passes"].fillna(0).astype(float).mean()),
+                "backward passes": int(g["backward_passes"].fillna(0).astype(float).mean()),
+                "peak memory (MiB)": _mib(g["peak_mem_bytes"].astype(float).max()),
+                "params optimised": int(g["params_optimised"].fillna(0).astype(float).max()),
+                "device": ",".join(sorted(set(g["device"].dropna()))),
+            }
+        )
+    out = pd.DataFrame(rows).set_index("method").astype(object)
+    return out.where(out.notna(), "-")
+
+
+def study_table(df, study: str, title: str):
+    """One ablation: value -> test 'mean (std)' over seeds, the change against zero-shot, dev, train, time."""
+    import pandas as pd
+
+    g = df[df["study"] == study] if not df.empty else df
+    if g.empty:
+        return pd.DataFrame()
+    rows = []
+    for value, h in g.groupby("value", sort=False):
+        delta = (h["test"].astype(float) - h["zero_shot"].astype(float)).tolist()
+        rows.append(
+            {
+                title: value,
+                "test": _fmt_pct(h["test"]),
+                "vs zero-shot": _fmt_pct(delta).replace(" (", " (±", 1) if len(h) > 1 else _fmt_pct(delta),
+                "best dev": _fmt_pct(h["best_dev"]),
+                "final train CE": _round(h["final_train_fitness"].astype(float).mean(), 3),
+                "wall time (s)": _round(h["wall_s"].astype(float).mean(), 1),
+                "seeds": len(h),
+            }
+        )
+    out = pd.DataFrame(rows).set_index(title)
+    if study in ("rank", "intrinsic_dim"):
+        out = out.sort_index()
+    return out
+
+
+def init_table(df, noopt_records: list):
+    """The paper's Table 4: initialisation (rows) x without / with optimisation (columns)."""
+    import pandas as pd
+
+    rows = {}
+    g = df[df["study"] == "init"] if not df.empty else df
+    for value, h in g.groupby("value", sort=False) if not g.empty else []:
+        rows.setdefault(value, {})["with optimisation"] = _fmt_pct(h["test"])
+    by_init: dict[str, list[float]] = {}
+    for rec in noopt_records:
+        by_init.setdefault(rec["tags"]["value"], []).append(rec["test"]["value"])
+    for value, vals in by_init.items():
+        rows.setdefault(value, {})["without optimisation"] = _fmt_pct(vals)
+    if not rows:
+        return pd.DataFrame()
+    zs = [r["zero_shot"]["value"] for r in noopt_records] or (g["zero_shot"].tolist() if not g.empty else [])
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    cols = [c for c in ("without optimisation", "with optimisation") if c in out.columns]
+    out = out[cols].fillna("-")
+    out.index = [str(i).upper() for i in out.index]
+    out.index.name = "initialisation"
+    if zs:
+        out.loc["(zero-shot)"] = [_fmt_pct(zs[:1])] * len(cols)
+    return out
+
+
+def write_table(table, folder: str | Path, name: str, caption: str) -> list[Path]:
+    """``name``.md (caption + GitHub table) and ``name``.csv; returns the paths."""
+    folder = Path(folder)
+    md = folder / f"{name}.md"
+    csv = folder / f"{name}.csv"
+    body = to_markdown(table) if not table.empty else "(no recorded runs yet)\n"
+    atomic_write_bytes(md, f"{caption}\n\n{body}".encode())
+    atomic_write_bytes(csv, table.to_csv().encode())
+    return [md, csv]
+
+
+def _fmt_int(values) -> str:
+    v = [x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not v:
+        return "-"
+    lo, hi = min(v), max(v)
+    if lo == hi:
+        return _short(lo)
+    return f"{_short(lo)}-{_short(hi)}"
+
+
+def _short(x: float) -> str:
+    x = float(x)
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.0f}" if x == int(x) else f"{x:.3g}"
+
+
+def _mean(values) -> float | None:
+    v = [float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return sum(v) / len(v) if v else None
+
+
+def comparison_table(records, method_names: Sequence[str] | None = None, tasks: Sequence[str] | None = None):
+    """(table, counts): methods x tasks 'mean (std)' of the test metric (x100), plus the cost columns."""
+    import pandas as pd
+
+    df = frame(records)
+    names = list(method_names or dict.fromkeys(df["method"]))
+    tasks = list(tasks or dict.fromkeys(df["task"]))
+    table, counts = pivot(df, "method", "task", "test", row_order=names, col_order=tasks)
+    avg, cols = [], {}
+    for m in names:
+        rows = df[df["method"] == m]
+        per_task = [_mean(rows[rows["task"] == t]["test"].tolist()) for t in tasks]
+        avg.append(f"{100 * sum(per_task) / len(per_task):.1f}" if all(p is not None for p in per_task) else "-")
+        cols.setdefault("#Params", []).append(_fmt_int(rows["params_optimised"].tolist()))
+        cols.setdefault("stored", []).append(_fmt_int(rows["params_stored"].tolist()))
+        cols.setdefault("calls", []).append(_fmt_int([_mean(rows["calls"].tolist())]))
+        cols.setdefault("fwd", []).append(_fmt_int([_mean(rows["forward_passes"].tolist())]))
+        cols.setdefault("bwd", []).append(_fmt_int([_mean(rows["backward_passes"].fillna(0).tolist())]))
+        t = _mean(rows["wall_s"].tolist())
+        cols.setdefault("time (s)", []).append("-" if t is None else f"{t:.0f}" if t >= 10 else f"{t:.1f}")
+        mem = rows["peak_mem_bytes"].dropna()
+        cols.setdefault("memory", []).append(human_bytes(float(mem.max())) if len(mem) else "-")
+    if len(tasks) > 1:
+        table["Avg"] = avg
+    for k, v in cols.items():
+        table[k] = v
+    zs = []
+    for t in tasks:
+        zs.append(mean_std(df[(df["task"] == t)].drop_duplicates("seed")["zero_shot"].tolist()))
+    table.index.name = "method"
+    return table, counts, pd.Series(zs, index=tasks, name="zero-shot")
