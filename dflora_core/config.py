@@ -60,20 +60,20 @@ class LowRankConfig:
     rank: int = 4  # paper: 2 or 4
     intrinsic_dim: int = 500  # d per layer; paper: 500 to 1,600
     projection_init: Literal[INITS] = "ril"  # hidden-state based init (paper default); "ri" or "released" for ablations
-    # alpha: the released alpha = 1 wrecks SmolLM2 (DESIGN.md §6: every candidate breaks the model);
+    # alpha: the released alpha = 1 wrecks SmolLM2 (docs/design.md §6: every candidate breaks the model);
     # 0.05 was measured to work there (train CE 0.75 -> 0.08); see docs/method.md for our sweep
     alpha: float = 0.05
     # stat_source: "residual" as released; "proj_input" is what a pre-norm model's q/k actually see
     stat_source: Literal[SOURCES] = "residual"
     ri_std: float = 0.002  # the "ri" init's fixed std (set near the ril scale of SmolLM2's layers)
     clip_rounds: int = 5  # 3-sigma clipping rounds of the hidden-state statistic
-    clip_sigma: float = 3.0  # clip at mean +- 3 std (DESIGN.md §1)
+    clip_sigma: float = 3.0  # clip at mean +- 3 std (docs/design.md §1)
 
 
 @dataclass
 class OptimConfig:
     popsize: int = 20  # candidates per generation (paper: 20 for CMA-ES); LoTFWA: evaluations per generation
-    sigma: float = 1.0  # initial step size; redundant with alpha under "ril" (DESIGN.md §6), kept separate
+    sigma: float = 1.0  # initial step size; redundant with alpha under "ril" (docs/design.md §6), kept separate
     bounds: float | None = None  # optional box [-b, b] on z (LoTFWA re-samples out-of-bound sparks)
     fireworks: int | None = None  # LoTFWA fireworks; None = the optimizer's documented default
     sparks: int | None = None  # LoTFWA sparks per firework; None = derived from popsize
@@ -82,7 +82,7 @@ class OptimConfig:
 @dataclass
 class SearchConfig:
     budget: int = 6000  # fitness evaluations ("API calls"); paper text: 6,000 (released code: 8,000)
-    acceptance: Literal[ACCEPTANCES] = "elitist"  # "elitist": monotone (DESIGN.md §6); "released": each layer's best-ever z
+    acceptance: Literal[ACCEPTANCES] = "elitist"  # "elitist": monotone (docs/design.md §6); "released": each layer's best-ever z
     loss: Literal[LOSSES] = "ce"  # ce (paper) | hinge | neg_metric
     eval_every: int = 100  # dev evaluation period in calls (released code: 100); not charged to the budget
     select_start: bool = True  # the unadapted model (z = 0) is a model-selection candidate too

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-HINGE_MARGIN = 2.0  # DESIGN.md §1: hinge loss option, margin 2
+HINGE_MARGIN = 2.0  # docs/design.md §1: hinge loss option, margin 2
 
 
 def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:

@@ -100,7 +100,7 @@ display(fig)
 # update a unit step in $z$ makes) is at the top layer than at the bottom one. For a pre-norm
 # model measured on the residual stream, the top layers get maps an order of magnitude larger,
 # although their projections see inputs of the same size as the bottom layers: a reason to
-# measure `proj_input` (`lowrank.stat_source`) or to lower $\alpha$ (DESIGN.md §6 found
+# measure `proj_input` (`lowrank.stat_source`) or to lower $\alpha$ (docs/design.md §6 found
 # $\alpha = 1$ wrecks SmolLM2 and $\alpha = 0.05$ works).
 
 # %%

@@ -7,7 +7,7 @@ candidates (``baseline.calibration``):
   probabilities of the content-free inputs "N/A", "" and "[MASK]" (as text) in the template;
 - ``bias``: the b minimising the cross-entropy on the few-shot train set (convex, exact);
 - ``threshold``: the b maximising train accuracy (for two classes a threshold on the logit
-  margin, DESIGN.md §6), ties broken by the train cross-entropy; for more classes a
+  margin, docs/design.md §6), ties broken by the train cross-entropy; for more classes a
   coordinate search over the class biases starting from ``bias``;
 - ``auto`` (default): each of the above is fitted on train, the one with the best dev
   metric (then lower dev loss) is kept, the same selection rule as every other method.

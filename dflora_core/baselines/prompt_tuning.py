@@ -11,7 +11,7 @@ Both run through the same layer-wise search and population evaluator as C-LoRA, 
 - Layer l >= 1 (BBTv2 only): M_l z_l is added to the hidden states entering transformer
   layer l at those positions (a forward pre-hook), so z = 0 leaves the model unchanged.
 - M_l: [n * hidden, d] normal, std = alpha * std_hat_l / (sqrt(d) * sigma) (the hidden-state
-  based init, DESIGN.md §1): std_hat_0 = the word-embedding std, std_hat_l = the clipped std
+  based init, docs/design.md §1): std_hat_0 = the word-embedding std, std_hat_l = the clipped std
   of the residual stream entering layer l, measured on the train prompts with p_0 and z = 0.
   Each map comes from its own seed (run seed, model layer), regenerated when not cached.
 

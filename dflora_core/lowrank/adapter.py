@@ -48,7 +48,7 @@ class LayerAdapter(Protocol):
 
 
 class LowRankAdapter:
-    """z_l -> low-rank factors of layer l's target projections (DESIGN.md §1)."""
+    """z_l -> low-rank factors of layer l's target projections (docs/design.md §1)."""
 
     def __init__(self, patch: LowRankPatch, projection: IntrinsicProjection):
         self.patch, self.projection = patch, projection

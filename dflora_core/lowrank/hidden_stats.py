@@ -1,4 +1,4 @@
-"""Per-layer hidden-state statistics that scale the "ril" projections (DESIGN.md §1).
+"""Per-layer hidden-state statistics that scale the "ril" projections (docs/design.md §1).
 
 std_hat_l is the std of the hidden states entering layer l, measured with z = 0 on the
 few-shot train batch, over real tokens only (no padding), after 5 rounds of clipping to

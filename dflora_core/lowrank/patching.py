@@ -1,6 +1,6 @@
 """Low-rank updates inside attention projections, without touching the frozen weights.
 
-    y = base(x) + (x A) B            A: [in, r], B: [r, out_t]   (DESIGN.md §1: no alpha/r, no dropout)
+    y = base(x) + (x A) B            A: [in, r], B: [r, out_t]   (docs/design.md §1: no alpha/r, no dropout)
 
 A wrapper replaces a projection module in its parent and adds the update to the output
 features of each target it carries (all of them for a separate q_proj; the q and k slices

@@ -1,4 +1,4 @@
-"""Fixed random maps from each layer's intrinsic vector z to its low-rank factors (DESIGN.md §1).
+"""Fixed random maps from each layer's intrinsic vector z to its low-rank factors (docs/design.md §1).
 
 z_l (dimension d) is split into equal chunks, one per factor (q,k -> z_qA, z_qB, z_kA, z_kB),
 and each chunk is mapped by a fixed random matrix M (no bias) and reshaped:

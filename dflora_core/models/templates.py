@@ -1,4 +1,4 @@
-"""Prompt templates and verbalizers: data, one table per model family (DESIGN.md §2).
+"""Prompt templates and verbalizers: data, one table per model family (docs/design.md §2).
 
 ``{0}``/``{1}`` are the text fields, ``{mask}`` the mask token (masked LM only). For causal
 LMs the template ends right before the label word and the label word is scored as the
@@ -51,7 +51,7 @@ FAMILIES = {"masked": MASKED_LM, "causal": CAUSAL_LM}
 def get_template(task: str, family: str, words: tuple[str, ...] | None = None) -> Template:
     """The template of ``task`` for a model ``family`` ("masked" or "causal").
 
-    ``words`` overrides the verbalizer (e.g. SmolLM2's " bad"/" great", DESIGN.md §3).
+    ``words`` overrides the verbalizer (e.g. SmolLM2's " bad"/" great", docs/design.md §3).
     """
     if family not in FAMILIES:
         raise ConfigError("model family", f"unknown family {family!r}; expected one of {sorted(FAMILIES)}")

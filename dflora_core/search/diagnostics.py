@@ -2,7 +2,7 @@
 
 With z ~ N(0, sigma^2 I) (what CMA-ES asks in its first generation), a well-scaled projection
 changes the few-shot loss by a modest amount at every layer; too large a scale (the released
-alpha = 1 on SmolLM2, DESIGN.md §6) makes every candidate worse than z = 0 by a wide margin,
+alpha = 1 on SmolLM2, docs/design.md §6) makes every candidate worse than z = 0 by a wide margin,
 too small a scale leaves the loss unchanged. One population forward per layer measures it.
 """
 

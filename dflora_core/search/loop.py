@@ -1,4 +1,4 @@
-"""The layer-wise derivative-free search (DESIGN.md §1, Algorithm 1 as released).
+"""The layer-wise derivative-free search (docs/design.md §1, Algorithm 1 as released).
 
 One optimizer per transformer layer, each starting at z = 0. A round visits the layers
 bottom to top; at each layer one generation: ask a population, score every candidate with
@@ -6,7 +6,7 @@ the other layers held at their current update (all candidates in one forward pas
 the fitnesses, then fix the layer's update:
 - "elitist": the generation's best, only if it lowers the fitness of the whole current
   configuration. Exact, because every candidate was scored with the other layers as they
-  are, so the configuration's fitness descends monotonically (DESIGN.md §6).
+  are, so the configuration's fitness descends monotonically (docs/design.md §6).
 - "released": the layer's best-ever z (the authors' code), whose fitness was measured while
   the other layers were different, so the combined fitness is not monotone.
 The budget counts fitness evaluations (one candidate on the whole few-shot train set).

@@ -5,7 +5,7 @@ Interactive (JupyterLab): a tqdm.auto progress bar, ipywidgets controls, and a f
 updated in place. Headless (papermill, ``interactive=False``): no widgets and no bars, the
 same computations, a few plain progress lines on stdout (the notebook runner shows them in
 the terminal) and the same figure, updated through ``display(fig, display_id=True)`` /
-``handle.update(fig)``, which works without a front end (DESIGN.md §4).
+``handle.update(fig)``, which works without a front end (docs/design.md §4).
 
 The control is built on the search's ask/tell state, not on interrupting a loop: each click
 runs ``LayerwiseSearch.run(generations=N)`` and checkpoints; ``finish()`` then completes the

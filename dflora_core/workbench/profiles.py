@@ -45,7 +45,7 @@ class StatsSpec:
 
     tasks: tuple[str, ...] = ("sst2",)  # tasks whose few-shot batch is measured
     models: tuple[str, ...] = ("smollm2",)  # models compared (tiny models are random: architecture only)
-    sources: tuple[str, ...] = ("residual", "proj_input")  # where the statistic is measured (DESIGN.md §6)
+    sources: tuple[str, ...] = ("residual", "proj_input")  # where the statistic is measured (docs/design.md §6)
     seed: int = 42  # few-shot split seed
 
 
