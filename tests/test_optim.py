@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import pickle
@@ -505,3 +507,68 @@ def test_factory_popsize_mapping():
     assert make_optimizer("cmaes", 4, CMA_diagonal=True).es.opts["CMA_diagonal"] is True
     lot = make_optimizer("lotfwa", 4, sigma=0.2, guiding="sequential")
     assert lot.initial_amplitude == pytest.approx(0.2 * math.sqrt(3)) and lot.guiding == "sequential"
+
+
+# --------------------------------------------------------------------------- golden trajectories
+
+# tests/optim_golden.json was written by _golden_cases() run on the optimizers as they were
+# before the optim/ redesign (commit ec839f2): the committed results must reproduce bit for bit,
+# so every refactoring has to keep these trajectories. Never regenerate it to make this pass.
+GOLDEN = os.path.join(os.path.dirname(__file__), "optim_golden.json")
+GOLDEN_VARIANTS = {
+    "cmaes": ("cmaes", {}),
+    "cmaes-diag": ("cmaes", {"CMA_diagonal": True}),
+    "lotfwa": ("lotfwa", {}),
+    "lotfwa-seq": ("lotfwa", {"guiding": "sequential"}),
+    "lotfwa-off": ("lotfwa", {"guiding": "off"}),
+    "lotfwa-n1": ("lotfwa", {"n_fireworks": 1}),
+    "lotfwa-n3": ("lotfwa", {"n_fireworks": 3}),
+    "lotfwa-opts": (
+        "lotfwa",
+        {"tournament_window": 3, "amplitude": 0.7, "init_spread": 0.3, "mu": 0.3, "amp_up": 1.3, "amp_down": 0.8},
+    ),
+    "lotfwa-start": ("lotfwa", {"restart": "start", "n_fireworks": 3}),
+    "fwa": ("fwa", {}),
+    "random": ("random", {}),
+}
+
+
+def _golden_digest(variant: str, seed: int, popsize: int, bounded: bool, gens: int = 30, dim: int = 20) -> str:
+    """sha256 (16 hex) over every asked array and best_f, evaluations, generation, step_size after each tell."""
+    name, options = GOLDEN_VARIANTS[variant]
+    kw = dict(seed=seed, popsize=popsize, max_evaluations=30 * popsize, sigma=1.0)
+    if bounded:
+        x0 = np.linspace(-2.5, 1.5, dim)  # partly outside the box: the start is re-sampled into it
+        kw.update(bounds=(-2.0, 2.0), x0=np.clip(x0, -1.9, 1.9) if name == "cmaes" else x0)  # pycma refuses
+    opt = make_optimizer(name, dim, **kw, **options)
+    f_rng = np.random.default_rng(1000 + seed)
+    h = hashlib.sha256()
+    for g in range(gens):
+        x = opt.ask()
+        f = np.sum((x - 1.0) ** 2, axis=1)
+        f[f_rng.random(len(f)) < 0.15] = np.inf  # failed evaluations
+        if g % 7 == 3:
+            f[-1] = np.nan  # read as +inf
+        opt.tell(x, f)
+        h.update(str(x.shape).encode() + np.ascontiguousarray(x).tobytes() + opt.best_x.tobytes())
+        h.update(repr((opt.best_f, opt.evaluations, opt.generation, opt.step_size)).encode())
+    return h.hexdigest()[:16]
+
+
+def _golden_cases() -> dict[str, str]:
+    return {
+        f"{v}/seed{s}/pop{p}/{'bounded' if b else 'free'}": _golden_digest(v, s, p, b)
+        for v in GOLDEN_VARIANTS
+        for s in (0, 1)
+        for p in (6, 20)
+        for b in (False, True)
+    }
+
+
+def test_trajectories_are_bit_identical_to_the_recorded_ones():
+    with open(GOLDEN) as fh:
+        expected = json.load(fh)
+    got = _golden_cases()
+    assert set(got) == set(expected)
+    differ = sorted(k for k in expected if got[k] != expected[k])
+    assert not differ, f"trajectories changed: {differ}"
