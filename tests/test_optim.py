@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import io
+import json
 import math
 import os
 import pickle
@@ -9,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 
+import cma
 import numpy as np
 import pytest
 
@@ -18,12 +23,17 @@ from dflora_core.optim import (
     FWA,
     OPTIMIZERS,
     AskTellOptimizer,
+    FireworksOptions,
     LoTFWA,
+    Optimizer,
+    OptimizerStateError,
     RandomSearch,
     describe,
     guiding_delta,
+    join_state,
     loser_mask,
     make_optimizer,
+    split_state,
 )
 from dflora_core.optim.testfunctions import FUNCTIONS, rastrigin, rosenbrock, sphere
 
@@ -117,26 +127,131 @@ def test_first_ask_evaluates_start_positions():
     assert len(fwa.ask()) == 21
 
 
-def test_ask_is_idempotent_until_tell():
-    for name in NAMES:
-        opt = make_optimizer(name, 5, seed=2)
-        a, b = opt.ask(), opt.ask()
-        assert np.array_equal(a, b)
-        opt.tell(a, sphere(a))
-        assert opt.evaluations == len(a)
+# --------------------------------------------------------------------------- the base class, for every optimizer
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_tell_validation(name):
+def test_repeated_ask_before_tell_returns_the_same_points(name):
+    opt = make_optimizer(name, 5, seed=2)
+    a, b = opt.ask(), opt.ask()
+    assert np.array_equal(a, b)
+    a[:] = 99.0  # the caller's copy: the pending ask is not changed
+    assert np.array_equal(opt.ask(), b)
+    opt.tell(b, sphere(b))
+    assert opt.evaluations == len(b)
+    assert not np.array_equal(opt.ask(), b)  # after the tell: a new ask
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tell_without_a_pending_ask_is_an_error(name):
     opt = make_optimizer(name, 4, seed=0)
     with pytest.raises(RuntimeError):
         opt.tell(np.zeros((3, 4)), np.zeros(3))
     x = opt.ask()
-    with pytest.raises(ValueError):
-        opt.tell(x[::-1], sphere(x[::-1]))
-    with pytest.raises(ValueError):
-        opt.tell(x, np.zeros(len(x) + 1))
     opt.tell(x, sphere(x))
+    with pytest.raises(RuntimeError):
+        opt.tell(x, sphere(x))  # told already
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tell_rejects_an_array_that_was_not_asked(name):
+    opt = make_optimizer(name, 4, seed=0)
+    x = opt.ask()
+    for other in (x[::-1], x + 1e-12, x[:-1], x[:, :-1]):
+        with pytest.raises(ValueError, match="last ask"):
+            opt.tell(other, sphere(other))
+    assert opt.evaluations == 0
+    opt.tell(x, sphere(x))  # the ask is still pending after a refused tell
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tell_rejects_a_wrong_number_of_fitnesses(name):
+    opt = make_optimizer(name, 4, seed=0)
+    x = opt.ask()
+    for f in (np.zeros(len(x) + 1), np.zeros(len(x) - 1), np.zeros((len(x), 2))):
+        with pytest.raises(ValueError, match="fitness must have shape"):
+            opt.tell(x, f)
+    opt.tell(x, sphere(x)[:, None])  # a column is one fitness per row
+    assert opt.evaluations == len(x)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tell_refuses_minus_infinity_and_reads_nan_as_plus_infinity(name):
+    opt = make_optimizer(name, 4, seed=0)
+    x = opt.ask()
+    with pytest.raises(ValueError, match="-inf"):
+        opt.tell(x, np.r_[-np.inf, sphere(x)[1:]])
+    assert opt.evaluations == 0 and opt.best_f == math.inf
+    same = make_optimizer(name, 4, seed=0)
+    same.tell(same.ask(), np.r_[np.inf, np.full(len(x) - 1, 5.0)])
+    opt.tell(x, np.r_[np.nan, np.full(len(x) - 1, 5.0)])
+    assert opt.best_f == 5.0 and np.array_equal(opt.best_x, x[1])
+    assert np.array_equal(opt.ask(), same.ask())  # NaN and +inf give the same trajectory
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_evaluations_generations_and_best_are_counted(name):
+    x0 = np.full(6, 0.25)
+    opt = make_optimizer(name, 6, seed=4, x0=x0, max_evaluations=300)
+    assert np.array_equal(opt.best_x, x0) and opt.best_f == math.inf  # the start point before any tell
+    assert opt.generation == 0 and opt.evaluations == 0
+    told, best, best_x = 0, math.inf, x0
+    for g in range(1, 6):
+        x = opt.ask()
+        f = sphere(x, 1.0)
+        opt.tell(x, f)
+        told += len(x)
+        if f.min() < best:
+            best, best_x = float(f.min()), x[int(np.argmin(f))]
+        assert opt.evaluations == told and opt.generation == g
+        assert opt.best_f == best and np.array_equal(opt.best_x, best_x)
+
+
+def test_sequential_guiding_counts_two_tells_as_one_generation():
+    opt = LoTFWA(4, n_fireworks=2, sparks_per_firework=3, guiding="sequential", seed=0)
+    for tells in range(1, 7):
+        x = opt.ask()
+        opt.tell(x, sphere(x))
+        assert opt.generation == tells // 2
+
+
+def test_start_point_outside_the_bounds_is_mapped_into_them():
+    x0 = np.linspace(-3, 3, 8)
+    for name in ("lotfwa", "fwa", "random"):
+        start = make_optimizer(name, 8, x0=x0, bounds=(-1.0, 1.0), seed=0).best_x
+        assert np.all(np.abs(start) <= 1.0)
+        inside = np.abs(x0) <= 1.0
+        assert np.array_equal(start[inside], x0[inside])  # only the coordinates outside are re-drawn
+
+
+def test_a_new_optimizer_gets_checks_and_replayable_state_from_the_base_class():
+    class Drift(Optimizer):
+        """Samples around the best point so far: the smallest learning optimizer."""
+
+        def __init__(self, dim, x0=None, scale: float = 0.5, seed: int = 0):
+            super().__init__(dim, x0, seed=seed)
+            self.scale, self.centre = scale, self._x0.copy()
+
+        def _ask(self):
+            return self.centre + self.scale * self._rng.standard_normal((3, self.dim))
+
+        def _tell(self, x, f):
+            self.centre = self.best_x
+
+        @property
+        def step_size(self):
+            return self.scale
+
+    ref = Drift(4, seed=1)
+    _trajectory(ref, 5)
+    state = _json_npz_round_trip(ref.state_dict())
+    assert Drift.from_state(state).best_f == ref.best_f
+    restored = Drift(4, seed=2, scale=3.0)
+    restored.load_state_dict(state)
+    assert restored.scale == 0.5
+    assert all(np.array_equal(u, v) for u, v in zip(_trajectory(ref, 4), _trajectory(restored, 4), strict=True))
+    with pytest.raises(ValueError):
+        restored.tell(restored.ask()[:1], [1.0])
 
 
 # --------------------------------------------------------------------------- performance
@@ -389,6 +504,219 @@ def test_cmaes_state_restores_in_another_process(tmp_path):
     assert np.array_equal(np.load(base + ".save.npy"), np.load(base + ".load.npy"))
 
 
+# --------------------------------------------------------------------------- code-free replay state
+
+
+def _json_npz_round_trip(state):
+    """The state through ``json`` (scalars) and ``np.savez``/``np.load(allow_pickle=False)`` (arrays)."""
+    meta, arrays = split_state(state)
+    text = json.dumps(meta)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    buf.seek(0)
+    with np.load(buf, allow_pickle=False) as npz:
+        return join_state(json.loads(text), npz)
+
+
+def _assert_code_free(state):
+    meta, arrays = split_state(state)
+    assert json.loads(json.dumps(meta)) == meta  # plain JSON values, nothing else
+    assert {"fitness", "offsets"} <= set(arrays)
+    assert all(a.dtype.kind in "biuf" for a in arrays.values())  # no object arrays, no bytes
+
+
+def _same_state(a, b) -> bool:
+    (meta_a, arr_a), (meta_b, arr_b) = split_state(a), split_state(b)
+    return meta_a == meta_b and arr_a.keys() == arr_b.keys() and all(np.array_equal(arr_a[k], arr_b[k]) for k in arr_a)
+
+
+def _flip(digest: str) -> str:
+    return ("0" if digest[0] != "0" else "1") + digest[1:]
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("cmaes", {}),
+        ("cmaes", {"bounds": (-2.0, 2.0), "x0": np.full(8, 0.5), "CMA_diagonal": True}),
+        ("lotfwa", {}),
+        ("lotfwa", {"guiding": "sequential", "n_fireworks": 3, "bounds": (-2.0, 2.0), "x0": np.linspace(-3, 1, 8)}),
+        ("fwa", {"bounds": (-2.0, 2.0)}),
+        ("random", {"x0": np.full(8, 0.5)}),
+    ],
+)
+@pytest.mark.parametrize("moment", ["fresh", "mid-run", "pending ask"])
+def test_state_survives_json_and_npz_and_continues_identically(name, options, moment):
+    ref = make_optimizer(name, 8, seed=5, max_evaluations=300, **options)
+    if moment != "fresh":
+        _trajectory(ref, 7)
+    if moment == "pending ask":
+        ref.ask()
+    state = ref.state_dict()
+    _assert_code_free(state)
+    assert len(state["asked"]) == len(state["offsets"]) - 1 == (0 if moment == "fresh" else 7)
+    assert (state["pending"] is not None) == (moment == "pending ask")
+    restored = make_optimizer(name, 8, seed=99)  # other arguments: the state carries everything
+    restored.load_state_dict(_json_npz_round_trip(state))
+    assert _same_state(restored.state_dict(), state)
+    assert (restored.evaluations, restored.generation, restored.best_f) == (ref.evaluations, ref.generation, ref.best_f)
+    assert np.array_equal(restored.best_x, ref.best_x)
+    expected, got = _trajectory(ref, 8), _trajectory(restored, 8)
+    assert all(np.array_equal(u, v) for u, v in zip(expected, got, strict=True))
+    assert restored.best_f == ref.best_f
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_state_whose_asks_do_not_replay_is_refused_in_one_line(name):
+    ref = make_optimizer(name, 6, seed=1, max_evaluations=300)
+    _trajectory(ref, 5)
+    ref.ask()
+    state = ref.state_dict()
+    target = make_optimizer(name, 6, seed=3)
+    untouched = target.state_dict()
+    bad_ask = {**state, "asked": [*state["asked"][:2], _flip(state["asked"][2]), *state["asked"][3:]]}
+    bad_pending = {**state, "pending": _flip(state["pending"])}
+    for bad, where in ((bad_ask, "ask 3 of 5"), (bad_pending, "ask 6 of 6")):
+        with pytest.raises(OptimizerStateError, match="does not replay") as err:
+            target.load_state_dict(bad)
+        assert where in str(err.value) and "\n" not in str(err.value)
+    assert _same_state(target.state_dict(), untouched)  # a refused state leaves the optimizer as it was
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_state_with_a_wrong_fitness_count_is_refused_in_one_line(name):
+    ref = make_optimizer(name, 6, seed=1, max_evaluations=300)
+    _trajectory(ref, 4)
+    state = ref.state_dict()
+    offsets = state["offsets"].copy()
+    offsets[2] -= 1  # one fitness of tell 2 moved to tell 3
+    minus_inf = state["fitness"].copy()
+    minus_inf[-1] = -np.inf
+    for bad, match in (
+        ({**state, "fitness": state["fitness"][:-1]}, "malformed"),
+        ({**state, "offsets": state["offsets"][:-1]}, "malformed"),
+        ({**state, "offsets": offsets}, "ask 2 has .* points but .* logged fitnesses"),
+        ({**state, "fitness": minus_inf}, "tell 4: fitness -inf"),
+        ({**state, "args": {**state["args"], "colour": "red"}}, "malformed"),
+    ):
+        with pytest.raises(OptimizerStateError, match=match) as err:
+            make_optimizer(name, 6).load_state_dict(bad)
+        assert "\n" not in str(err.value)
+
+
+def test_a_state_that_is_not_a_replay_state_is_refused():
+    old_style = {"cls": "CMAES", "es": pickle.dumps(None), "evaluations": 0}  # what a pickle-era state was
+    for bad in (old_style, {"format": "dflora-optimizer/0"}, "CMAES"):
+        with pytest.raises(OptimizerStateError, match="not an optimizer state"):
+            CMAES(3).load_state_dict(bad)
+    with pytest.raises(OptimizerStateError, match="cannot be loaded into FWA"):
+        FWA(3).load_state_dict(LoTFWA(3).state_dict())
+
+
+def test_a_replay_mismatch_names_the_library_versions():
+    opt = CMAES(4, popsize=6, seed=0)
+    _trajectory(opt, 3)
+    state = opt.state_dict()
+    assert state["versions"] == {"numpy": np.__version__, "cma": cma.__version__}
+    bad = {**state, "asked": [_flip(state["asked"][0]), *state["asked"][1:]]}
+    with pytest.raises(OptimizerStateError, match="same library versions"):
+        CMAES.from_state(bad)
+    with pytest.raises(OptimizerStateError, match=f"saved with numpy 0.0, cma 0.0, running numpy {np.__version__}"):
+        CMAES.from_state({**bad, "versions": {"numpy": "0.0", "cma": "0.0"}})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_unseeded_optimizer_records_its_drawn_seed_and_from_state_builds_its_class(name):
+    opt = make_optimizer(name, 5, seed=None)
+    _trajectory(opt, 2)
+    state = _json_npz_round_trip(opt.state_dict())
+    assert isinstance(state["args"]["seed"], int)
+    back = Optimizer.from_state(state)
+    assert type(back) is type(opt)
+    assert all(np.array_equal(u, v) for u, v in zip(_trajectory(opt, 3), _trajectory(back, 3), strict=True))
+
+
+def test_the_state_keeps_the_arguments_as_they_were_at_construction():
+    x0, options = np.full(4, 0.5), {"CMA_diagonal": True}
+    opt = CMAES(4, x0=x0, options=options)
+    x0[:] = 9.0
+    options["CMA_diagonal"] = False
+    state = opt.state_dict()
+    assert np.array_equal(state["arg.x0"], np.full(4, 0.5)) and state["args"]["options"] == {"CMA_diagonal": True}
+    assert state["args"] == {  # every argument, defaults included; the array x0 is stored as an array
+        "dim": 4, "sigma": 1.0, "popsize": 20, "seed": 0, "bounds": None, "max_evaluations": None,
+        "options": {"CMA_diagonal": True},
+    }  # fmt: skip
+
+
+def test_a_state_refuses_constructor_arguments_that_are_not_data():
+    opt = CMAES(3, options={"termination_callback": [lambda es: False]})
+    _trajectory(opt, 1)
+    with pytest.raises(OptimizerStateError, match="options.termination_callback"):
+        opt.state_dict()
+
+
+def test_every_state_restores_in_another_process_from_json_and_npz(tmp_path):
+    script = textwrap.dedent(
+        """
+        import json, sys, numpy as np
+        from dflora_core.optim import join_state, make_optimizer, split_state
+        from dflora_core.optim.testfunctions import sphere
+        mode, path = sys.argv[1], sys.argv[2]
+        kw = dict(seed=3, bounds=(-3, 3), x0=np.full(6, 2.0), max_evaluations=200, popsize=6)
+        out = {}
+        for name in ("cmaes", "lotfwa", "fwa", "random"):
+            if mode == "save":
+                o = make_optimizer(name, 6, **kw)
+                for _ in range(4):
+                    x = o.ask(); o.tell(x, sphere(x, 1.0))
+                o.ask()
+                meta, arrays = split_state(o.state_dict())
+                json.dump(meta, open(f"{path}.{name}.json", "w"))
+                np.savez(f"{path}.{name}.npz", **arrays)
+            else:
+                o = make_optimizer(name, 6)
+                with np.load(f"{path}.{name}.npz", allow_pickle=False) as npz:
+                    o.load_state_dict(join_state(json.load(open(f"{path}.{name}.json")), npz))
+            xs = []
+            for _ in range(4):
+                x = o.ask(); xs.append(x); o.tell(x, sphere(x, 1.0))
+            out[name] = np.concatenate(xs)
+        np.savez(f"{path}.{mode}.npz", **out)
+        """
+    )
+    (tmp_path / "x.py").write_text(script)
+    base = str(tmp_path / "t")
+    for mode, hashseed in (("save", "1"), ("load", "2")):
+        env = {**os.environ, "PYTHONHASHSEED": hashseed}
+        subprocess.run([sys.executable, str(tmp_path / "x.py"), mode, base], check=True, env=env, cwd=tmp_path)
+    saved, loaded = np.load(base + ".save.npz"), np.load(base + ".load.npz")
+    assert sorted(saved.files) == ["cmaes", "fwa", "lotfwa", "random"]
+    assert all(np.array_equal(saved[k], loaded[k]) for k in saved.files)
+
+
+def test_fireworks_options_are_validated_frozen_and_resolved():
+    options = FireworksOptions()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.mu = 0.3
+    for bad in (
+        {"n_fireworks": 0}, {"sparks_per_firework": 1.5}, {"amplitude": -1.0}, {"init_spread": -1.0},
+        {"mu": 0.6}, {"amp_up": 0}, {"amp_down": math.inf}, {"guiding": "x"}, {"tournament_window": 0},
+        {"restart": "x"},
+    ):  # fmt: skip
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            FireworksOptions(**bad)
+    free, boxed = options.resolved(sigma=0.5, bounded=False), options.resolved(sigma=0.5, bounded=True)
+    assert free.amplitude == pytest.approx(0.5 * math.sqrt(3)) and free.init_spread == free.amplitude
+    assert (free.restart, boxed.restart) == ("start", "uniform")
+    with pytest.raises(ConfigError, match="restart"):
+        FireworksOptions(restart="uniform").resolved(1.0, bounded=False)
+    lot = LoTFWA(3, mu=0.3, amplitude=0.7)
+    assert lot.options.mu == lot.mu == 0.3 and lot.initial_amplitude == 0.7 and lot.init_spread == 0.7
+    fwa = FWA(3, sparks=5)
+    assert (fwa.n_fireworks, fwa.sparks_per_firework, fwa.guiding, fwa.tournament) == (1, 5, "off", False)
+
+
 # --------------------------------------------------------------------------- bounds, failures
 
 
@@ -505,3 +833,68 @@ def test_factory_popsize_mapping():
     assert make_optimizer("cmaes", 4, CMA_diagonal=True).es.opts["CMA_diagonal"] is True
     lot = make_optimizer("lotfwa", 4, sigma=0.2, guiding="sequential")
     assert lot.initial_amplitude == pytest.approx(0.2 * math.sqrt(3)) and lot.guiding == "sequential"
+
+
+# --------------------------------------------------------------------------- golden trajectories
+
+# tests/optim_golden.json was written by _golden_cases() run on the optimizers as they were
+# before the optim/ redesign (commit ec839f2): the committed results must reproduce bit for bit,
+# so every refactoring has to keep these trajectories. Never regenerate it to make this pass.
+GOLDEN = os.path.join(os.path.dirname(__file__), "optim_golden.json")
+GOLDEN_VARIANTS = {
+    "cmaes": ("cmaes", {}),
+    "cmaes-diag": ("cmaes", {"CMA_diagonal": True}),
+    "lotfwa": ("lotfwa", {}),
+    "lotfwa-seq": ("lotfwa", {"guiding": "sequential"}),
+    "lotfwa-off": ("lotfwa", {"guiding": "off"}),
+    "lotfwa-n1": ("lotfwa", {"n_fireworks": 1}),
+    "lotfwa-n3": ("lotfwa", {"n_fireworks": 3}),
+    "lotfwa-opts": (
+        "lotfwa",
+        {"tournament_window": 3, "amplitude": 0.7, "init_spread": 0.3, "mu": 0.3, "amp_up": 1.3, "amp_down": 0.8},
+    ),
+    "lotfwa-start": ("lotfwa", {"restart": "start", "n_fireworks": 3}),
+    "fwa": ("fwa", {}),
+    "random": ("random", {}),
+}
+
+
+def _golden_digest(variant: str, seed: int, popsize: int, bounded: bool, gens: int = 30, dim: int = 20) -> str:
+    """sha256 (16 hex) over every asked array and best_f, evaluations, generation, step_size after each tell."""
+    name, options = GOLDEN_VARIANTS[variant]
+    kw = dict(seed=seed, popsize=popsize, max_evaluations=30 * popsize, sigma=1.0)
+    if bounded:
+        x0 = np.linspace(-2.5, 1.5, dim)  # partly outside the box: the start is re-sampled into it
+        kw.update(bounds=(-2.0, 2.0), x0=np.clip(x0, -1.9, 1.9) if name == "cmaes" else x0)  # pycma refuses
+    opt = make_optimizer(name, dim, **kw, **options)
+    f_rng = np.random.default_rng(1000 + seed)
+    h = hashlib.sha256()
+    for g in range(gens):
+        x = opt.ask()
+        f = np.sum((x - 1.0) ** 2, axis=1)
+        f[f_rng.random(len(f)) < 0.15] = np.inf  # failed evaluations
+        if g % 7 == 3:
+            f[-1] = np.nan  # read as +inf
+        opt.tell(x, f)
+        h.update(str(x.shape).encode() + np.ascontiguousarray(x).tobytes() + opt.best_x.tobytes())
+        h.update(repr((opt.best_f, opt.evaluations, opt.generation, opt.step_size)).encode())
+    return h.hexdigest()[:16]
+
+
+def _golden_cases() -> dict[str, str]:
+    return {
+        f"{v}/seed{s}/pop{p}/{'bounded' if b else 'free'}": _golden_digest(v, s, p, b)
+        for v in GOLDEN_VARIANTS
+        for s in (0, 1)
+        for p in (6, 20)
+        for b in (False, True)
+    }
+
+
+def test_trajectories_are_bit_identical_to_the_recorded_ones():
+    with open(GOLDEN) as fh:
+        expected = json.load(fh)
+    got = _golden_cases()
+    assert set(got) == set(expected)
+    differ = sorted(k for k in expected if got[k] != expected[k])
+    assert not differ, f"trajectories changed: {differ}"

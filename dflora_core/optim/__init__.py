@@ -1,4 +1,4 @@
-"""Derivative-free optimizers behind one ask/tell protocol (see ``base``), and a factory.
+"""Derivative-free optimizers behind one ask/tell base class (see ``base``), and a factory.
 
     from dflora_core.optim import make_optimizer
     opt = make_optimizer("lotfwa", dim=500, sigma=0.2, popsize=20, seed=0, max_evaluations=300)
@@ -8,6 +8,9 @@
 
 Names: "cmaes" (pycma CMA-ES, C-LoRA), "lotfwa" (loser-out tournament fireworks with guiding
 sparks, F-LoRA), "fwa" (bare-bones fireworks, one firework), "random" (random search).
+Every optimizer's ``state_dict()`` is code-free (JSON values and numpy arrays) and restores
+exactly by replay: ``base`` documents the format. Algorithms, decisions and measurements:
+docs/method.md, section "Optimizers".
 """
 
 from __future__ import annotations
@@ -19,12 +22,18 @@ import numpy as np
 
 from ..errors import ConfigError
 from . import testfunctions
-from .base import AskTellOptimizer
+from .base import AskTellOptimizer, Optimizer, OptimizerStateError, join_state, split_state
 from .cmaes import CMAES
-from .lotfwa import FWA, LoTFWA, RandomSearch, guiding_delta, loser_mask
+from .fireworks import FWA, FireworksOptions, LoTFWA, guiding_delta, loser_mask
+from .random_search import RandomSearch
 
 __all__ = [
     "AskTellOptimizer",
+    "Optimizer",
+    "OptimizerStateError",
+    "split_state",
+    "join_state",
+    "FireworksOptions",
     "CMAES",
     "LoTFWA",
     "FWA",
@@ -38,7 +47,7 @@ __all__ = [
     "testfunctions",
 ]
 
-OPTIMIZERS: dict[str, type] = {
+OPTIMIZERS: dict[str, type[Optimizer]] = {
     "cmaes": CMAES,
     "lotfwa": LoTFWA,
     "fwa": FWA,
@@ -52,7 +61,7 @@ _DESCRIPTIONS = {
     "random": "Random search: popsize Gaussian samples around the start point (scale sigma), keeps the best.",
 }
 
-_DEFAULT_FIREWORKS = 2  # LoTFWA's measured default at 20 calls/generation (see LoTFWA's docstring)
+_DEFAULT_FIREWORKS = 2  # LoTFWA's measured default at 20 calls/generation (docs/method.md, "Optimizers")
 
 
 def describe(name: str) -> str:
@@ -107,7 +116,7 @@ def make_optimizer(
     max_evaluations: int | None = None,
     bounds: tuple[float, float] | None = None,
     **options: Any,
-) -> AskTellOptimizer:
+) -> Optimizer:
     """Build an optimizer by name with the shared arguments.
 
     - ``sigma``: the initial search scale (CMA-ES sigma0; fireworks: initial amplitude
