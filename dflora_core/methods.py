@@ -17,15 +17,15 @@ model) and returns the method-specific fields of the record.
 from __future__ import annotations
 
 import importlib
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, check_fields
+from .config import RunConfig, check_fields, identity_fields
 from .errors import ConfigError, DfloraError
-from .fileio import atomic_save_npz, atomic_write_bytes, atomic_write_json
+from .fileio import atomic_save_npz, atomic_write_json
+from .statefile import load_state, save_state
 
 FAMILIES = {
     "reference": "the unadapted model",
@@ -174,7 +174,8 @@ def validate(cfg: RunConfig, num_layers: int | None = None, model_type: str | No
 
 
 # -- what a runner gets besides the experiment ---------------------------------------------------------
-CHECKPOINT = "checkpoint.pkl"
+CHECKPOINT = "checkpoint.npz"  # statefile: JSON + arrays, cannot execute code when read
+LEGACY_CHECKPOINT = "checkpoint.pkl"  # dflora 0.1 wrote pickles: never loaded
 
 
 @dataclass
@@ -182,12 +183,19 @@ class RunContext:
     """The run folder (None: nothing is written), whether to resume, and the notebook callbacks.
 
     Callbacks: ``on_start(search)``, ``on_generation(search, gen)``, ``on_eval(search_or_method, row)``.
+    ``identity`` (the run's ``config.identity_fields``) is stored with every checkpoint and
+    checked on resume, so a checkpoint is never continued under another configuration.
     """
 
     path: Path | None = None
     resume: bool = False
     callbacks: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    identity: dict[str, Any] | None = None
     elapsed_before: float = 0.0  # set by a resumed method: wall time of the earlier sessions
+
+    @classmethod
+    def for_run(cls, cfg: RunConfig, path: Path | None, resume: bool = False, callbacks=None) -> RunContext:
+        return cls(path, resume, dict(callbacks or {}), identity_fields(cfg))
 
     def callback(self, name: str) -> Callable[..., Any] | None:
         return self.callbacks.get(name)
@@ -202,14 +210,33 @@ class RunContext:
 
     def save_checkpoint(self, state: dict) -> None:
         if self.path is not None:
-            atomic_write_bytes(self.path / CHECKPOINT, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+            save_state(self.path / CHECKPOINT, {"identity": self.identity, "state": state})
 
     def load_checkpoint(self) -> dict | None:
         """The saved state when resuming (None for a fresh run or when nothing was saved)."""
-        if not self.resume or self.path is None or not (self.path / CHECKPOINT).is_file():
+        if not self.resume or self.path is None:
             return None
-        try:
-            with open(self.path / CHECKPOINT, "rb") as f:
-                return pickle.load(f)
-        except (OSError, EOFError, pickle.UnpicklingError) as err:
-            raise DfloraError(f"{self.path / CHECKPOINT}: unreadable checkpoint ({err})") from None
+        path = self.path / CHECKPOINT
+        if not path.is_file():
+            legacy = self.path / LEGACY_CHECKPOINT
+            if legacy.is_file():
+                raise DfloraError(
+                    f"{legacy} is a checkpoint of dflora 0.1 (a Python pickle, which can run code when read): "
+                    "it is not loaded; restart the run with --overwrite (runs are deterministic: same result)"
+                )
+            return None
+        saved = load_state(path)
+        if not isinstance(saved, dict) or "state" not in saved:
+            raise DfloraError(f"{path}: not a run checkpoint")
+        if self.identity is not None and saved.get("identity") != self.identity:
+            raise DfloraError(f"{path} was written by another configuration ({_diff(saved.get('identity'), self.identity)}); "
+                              "use another --out, or --overwrite to restart this one")  # fmt: skip
+        return saved["state"]
+
+
+def _diff(old: Any, new: dict[str, Any]) -> str:
+    if not isinstance(old, dict):
+        return "no configuration stored"
+    keys = sorted(set(old) | set(new))
+    diffs = [f"{k}: {old.get(k, 'default')} -> {new.get(k, 'default')}" for k in keys if old.get(k) != new.get(k)]
+    return "; ".join(diffs[:3]) + (" ..." if len(diffs) > 3 else "")

@@ -72,7 +72,7 @@ def run(
         reset_peak_memory(device)  # on a CPU the process peak is the run's own (one run per process)
     record = RunRecord.new(cfg.to_dict(), model_identity=exp.loaded.identity, data=exp.data_identity(),
                            metric=exp.task.metric, tags=dict(tags or {}))  # fmt: skip
-    ctx = RunContext(folder.path if folder is not None else None, resume, dict(callbacks))
+    ctx = RunContext.for_run(cfg, folder.path if folder is not None else None, resume, callbacks)
     if folder is not None:
         folder.write_config(cfg.to_dict())
         if not resume or folder.read() is None:

@@ -410,7 +410,7 @@ def test_zeroth_order_run_is_deterministic_and_resumes(tiny_models, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         run(cfg, out=tmp_path / "c", loaded=tiny_models["tiny-llama"], on_eval=stop_at_8)
-    assert (tmp_path / "c" / "checkpoint.pkl").is_file()  # written at the dev evaluation of call 4
+    assert (tmp_path / "c" / "checkpoint.npz").is_file()  # written at the dev evaluation of call 4
     c = run(cfg, out=tmp_path / "c", loaded=tiny_models["tiny-llama"], resume=True)
     assert c["final_train_loss"] == a["final_train_loss"] and c["best_dev"] == a["best_dev"]
     assert c["forward_passes"] == a["forward_passes"] and c["steps"] == a["steps"]

@@ -6,7 +6,7 @@
     DIR/history.json       one row per generation (calls, layer, best/mean fitness, step size...)
     DIR/dev_curve.json     one row per dev evaluation
     DIR/adapter.npz        learned z per layer (best-dev snapshot and final) + projection scales
-    DIR/checkpoint.pkl     resumable state (methods.RunContext)
+    DIR/checkpoint.npz     resumable state: JSON + arrays, never code (methods.RunContext, statefile)
 All files are written atomically (temporary file, then rename). A record is JSON: reading
 one cannot execute code.
 """

@@ -38,7 +38,7 @@ from ..optim import make_optimizer
 from ..seeds import derive
 from .selection import DevSelection
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: code-free statefile (JSON + arrays), optimizer states replayed
 
 
 @dataclass

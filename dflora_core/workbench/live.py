@@ -232,7 +232,7 @@ class TrainingSession:
         self.exp = Experiment.prepare(self.cfg, self.loaded)
         self.loaded = self.exp.loaded
         self.zero_shot_value = zero_shot(self.exp)["value"]
-        ctx = RunContext(self.out, resume=True)
+        ctx = RunContext.for_run(self.cfg, self.out, resume=True)
         self.search = LayerwiseSearch(self.exp, ctx, self._on_generation, self._on_eval)
         state = ctx.load_checkpoint()
         if state is not None:
