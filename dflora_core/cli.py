@@ -38,18 +38,8 @@ RUN_FLAGS: dict[str, str] = {
 }
 
 
-def _parse_set(items: list[str]) -> dict:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise DfloraError(f"--set {item!r}: expected key=value, e.g. search.budget=200")
-        k, v = item.split("=", 1)
-        out[k.strip()] = None if v.strip().lower() in ("none", "null", "") else v.strip()
-    return out
-
-
 def build_config(args) -> RunConfig:  # noqa: F821 - string annotation, imported lazily
-    from .config import _merge, _nest, from_dict, load_yaml
+    from .config import _merge, _nest, from_dict, load_yaml, parse_assignments
 
     data = load_yaml(args.config) if getattr(args, "config", None) else {}
     flat = {}
@@ -57,7 +47,7 @@ def build_config(args) -> RunConfig:  # noqa: F821 - string annotation, imported
         value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
         if value is not None:
             flat[path] = value
-    flat.update(_parse_set(getattr(args, "set", None)))
+    flat.update(parse_assignments(getattr(args, "set", None)))  # the same parser as `dflora compare --set`
     if getattr(args, "no_progress", False):
         flat["progress"] = False
     return from_dict(_merge(data, _nest(flat)))
@@ -170,16 +160,32 @@ def cmd_zeroshot(args) -> int:
     return 0
 
 
+def _terminate(signum, _frame):
+    raise KeyboardInterrupt  # SIGTERM stops a run like Ctrl-C: checkpoint between generations, one line
+
+
 def cmd_run(args) -> int:
+    import signal
+
     from .runner import run, summary_line
 
-    cfg = build_config(args)
     out = args.out
+    if out is not None and not out.strip():
+        raise DfloraError("--out: give a folder name (an empty --out writes nothing)")
+    if (args.resume or args.overwrite) and out is None:
+        raise DfloraError(f"--{'resume' if args.resume else 'overwrite'} needs --out: the run folder")
+    if args.resume and args.overwrite:
+        raise DfloraError("--resume continues a run, --overwrite restarts it: choose one")
+    cfg = build_config(args)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        rec = run(cfg, out=out, resume=args.resume)
+        rec = run(cfg, out=out, resume=args.resume, overwrite=args.overwrite)
     except KeyboardInterrupt:
-        print(f"interrupted; continue with: dflora run ... --out {out} --resume", file=sys.stderr)
+        where = f"dflora run ... --out {out} --resume" if out else "the same command (no --out: nothing was kept)"
+        print(f"interrupted; continue with: {where}", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if args.json:
         _print({k: v for k, v in rec.to_dict().items() if k != "layer_stats"}, True, "")
     else:
@@ -232,7 +238,8 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one method and write DIR/record.json")
     _add_run_flags(p)
     p.add_argument("--out", help="run folder (record, history, checkpoint)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (or read a finished one)")
+    p.add_argument("--overwrite", action="store_true", help="run again in --out from scratch (a finished record is kept aside)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("config", help="print the resolved configuration as YAML")
@@ -246,9 +253,21 @@ def make_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"dflora: note: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    from .errors import DfloraWarning
+
     parser = make_parser()
     args = parser.parse_args(argv)
+    shown = warnings.showwarning
+    warnings.showwarning = lambda m, c, *a, **k: (
+        _one_line_warning(m, c, *a) if issubclass(c, DfloraWarning) else shown(m, c, *a, **k)
+    )
     try:
         return int(args.fn(args) or 0)
     except DfloraError as err:
@@ -257,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `dflora tasks --json | head`
         sys.stderr.close()
         return 0
+    except OSError as err:  # a full disk, a vanished folder...: the environment, not a bug
+        print(f"dflora: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

@@ -228,16 +228,42 @@ def from_dict(data: dict[str, Any] | None) -> RunConfig:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file; a one-line ConfigError naming the file for anything else."""
     import yaml
 
     p = Path(path)
     if not p.is_file():
         raise ConfigError("config", f"no such file: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError("config", f"{p} is not UTF-8 text (byte {err.start})") from None
     except yaml.YAMLError as err:
-        raise ConfigError("config", f"{p} is not valid YAML: {err}") from None
+        where = getattr(err, "problem_mark", None)
+        at = f":{where.line + 1}" if where is not None else ""
+        raise ConfigError("config", f"{p}{at} is not valid YAML ({getattr(err, 'problem', None) or err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError("config", f"{p} must hold a mapping of settings, not a {type(data).__name__}")
     return data
+
+
+def parse_assignments(items, what: str = "--set") -> dict[str, Any]:
+    """``KEY=VALUE`` items -> {dotted key: value}; values are YAML (``[-2,-1]``, ``none``, ``1e-3``)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(what, f"{item!r}: expected key=value, e.g. search.budget=200")
+        key, value = item.split("=", 1)
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            parsed = value.strip()
+        if isinstance(parsed, str) and parsed.lower() in ("none", "null"):
+            parsed = None
+        out[key.strip()] = parsed
+    return out
 
 
 def field_docs(cls=RunConfig) -> dict[str, str]:

@@ -22,3 +22,7 @@ class DataError(DfloraError):
 
 class ModelError(DfloraError):
     """A model cannot be found, loaded or patched; the message says what to do."""
+
+
+class DfloraWarning(UserWarning):
+    """Something the user should know but that does not stop the run (the CLI prints it on one line)."""

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch
 from .config import RunConfig
 from .data import get_task, load_test, sample_fewshot
 from .data.types import FewShotSplit, TaskSpec, TestSet
+from .errors import DfloraWarning
 from .fileio import atomic_write_json, read_json
 from .methods import validate
 from .metrics import losses, metric_value
@@ -88,14 +90,22 @@ class Experiment:
     max_tokens: int
     prepare_s: float = 0.0
 
+    @staticmethod
+    def check(cfg: RunConfig) -> RunConfig:
+        """Validate ``cfg`` against the model's layer count and type, read without loading weights."""
+        model_type, n_layers = peek_model(cfg.model.name)
+        return validate(cfg, num_layers=n_layers or None, model_type=model_type or None)
+
     @classmethod
     def prepare(cls, cfg: RunConfig, loaded: LoadedModel | None = None) -> Experiment:
         t0 = time.perf_counter()
-        model_type, n_layers = peek_model(cfg.model.name)
-        validate(cfg, num_layers=n_layers or None, model_type=model_type or None)
+        cls.check(cfg)
         task = get_task(cfg.data.task)
         split = sample_fewshot(cfg.data.task, cfg.seed, cfg.data.shots, cfg.data.split_source)
         test = load_test(cfg.data.task, cfg.data.max_test)
+        if cfg.data.max_test is not None and cfg.data.max_test >= len(test.examples):
+            warnings.warn(DfloraWarning(f"data.max_test {cfg.data.max_test} is not below the {len(test.examples)} "
+                                        "test examples: the whole test set is scored"), stacklevel=2)  # fmt: skip
         if loaded is None or loaded.name != cfg.model.name:
             loaded = load_model(cfg.model.name, cfg.model.device)
         else:

@@ -31,17 +31,26 @@ def same_run(record: RunRecord, cfg: RunConfig) -> bool:
         return False  # a config this version cannot read is another run
 
 
-def _check_out(folder: RunFolder, cfg: RunConfig, resume: bool) -> RunRecord | None:
-    """A finished record in ``out`` is returned as is when resuming; a different config is an error."""
+def _check_out(folder: RunFolder, cfg: RunConfig, resume: bool, overwrite: bool) -> RunRecord | None:
+    """What ``out`` already holds: a finished record to return (resume), or None to run.
+
+    A finished run is never redone or demoted silently: without --resume or --overwrite it is
+    an error, and --overwrite sets its record aside (``record.replaced.json``) before it runs again.
+    """
     old = folder.read()
     if old is None:
         return None
     if not same_run(old, cfg):
         raise DfloraError(f"{folder.path} holds a run with a different config; choose another --out")
+    if overwrite:
+        folder.set_aside()
+        return None
     if old.done:
-        return old if resume else None
+        if resume:
+            return old
+        raise DfloraError(f"{folder.path} holds a finished run; pass --resume to read it back, --overwrite to redo it")
     if not resume:
-        raise DfloraError(f"{folder.path} holds an unfinished run; pass --resume to continue it")
+        raise DfloraError(f"{folder.path} holds an unfinished run; pass --resume to continue it (or --overwrite)")
     return None
 
 
@@ -51,19 +60,29 @@ def run(
     resume: bool = False,
     loaded: LoadedModel | None = None,
     tags: dict | None = None,
+    overwrite: bool = False,
     **callbacks,
 ) -> RunRecord:
     """Prepare, run the method, evaluate and write ``out/record.json``; returns the record.
 
     ``resume=True`` continues an interrupted run from its checkpoint (or returns a finished
-    record unchanged). Callbacks: on_start(search), on_generation(search, gen), on_eval(search, row).
+    record unchanged); ``overwrite=True`` runs again from scratch, keeping a finished record
+    aside. The folder is locked while the run writes it. Callbacks: on_start(search),
+    on_generation(search, gen), on_eval(search, row).
     """
     cfg = from_dict(cfg) if isinstance(cfg, dict) else cfg
-    folder = RunFolder(out) if out is not None else None
-    if folder is not None:
-        done = _check_out(folder, cfg, resume)
+    Experiment.check(cfg)  # before any folder is made or any weight loaded
+    if out is None:
+        return _run(cfg, None, False, loaded, tags, callbacks)
+    folder = RunFolder(out)
+    with folder.lock():
+        done = _check_out(folder, cfg, resume, overwrite)
         if done is not None:
             return done
+        return _run(cfg, folder, resume and not overwrite, loaded, tags, callbacks)
+
+
+def _run(cfg: RunConfig, folder: RunFolder | None, resume: bool, loaded, tags, callbacks) -> RunRecord:
     method = load_runner(cfg.method)
     t0 = time.perf_counter()
     exp = Experiment.prepare(cfg, loaded)

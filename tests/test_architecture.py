@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dflora_core"
 
 # bottom to top; a module may import its own layer (without cycles) and the layers below
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "metrics", "seeds", "fileio", "environment"),
+    ("errors", "metrics", "seeds", "fileio", "statefile", "environment"),
     ("data",),
     ("models",),
     ("lowrank",),

@@ -89,6 +89,23 @@ class IntrinsicProjection:
         self._cache: OrderedDict[int, list[torch.Tensor]] = OrderedDict()
         per_layer = sum(f.numel for f in self.layers[0]) * self.chunk * 4
         self._cache_layers = max(1, cache_bytes // max(1, per_layer))
+        self._check_scales()
+
+    # an update is x A B: entries of A and B above ~1e15 overflow float32 (3.4e38) in their product
+    MAX_FACTOR_SCALE = 1e15
+
+    def _check_scales(self) -> None:
+        """Refuse up front a projection whose factors would not be finite (e.g. ``alpha=1e300``)."""
+        for layer, specs in enumerate(self.layers):
+            for spec in specs:
+                _kind, scale = self.map_init(layer, spec)
+                if not (math.isfinite(scale) and scale * math.sqrt(self.chunk) <= self.MAX_FACTOR_SCALE):
+                    field = "lowrank.ri_std" if self.init == "ri" else "lowrank.alpha"
+                    raise ConfigError(
+                        field,
+                        f"the projection std {scale:.3g} at model layer {self.model_layers[layer]} would make "
+                        f"non-finite updates; lower it",
+                    )
 
     @property
     def num_layers(self) -> int:

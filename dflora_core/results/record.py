@@ -13,7 +13,11 @@ one cannot execute code.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +30,8 @@ from ..fileio import atomic_write_json, read_json
 
 RECORD = "record.json"
 CONFIG = "config.json"
+LOCK = ".lock"  # flock'ed by the process writing the folder; names its host and pid
+REPLACED = "record.replaced.json"  # a finished record set aside by --overwrite (never lost)
 RECORD_FORMAT = "dflora-run/1"
 
 
@@ -129,11 +135,74 @@ class RunRecord:
 _MISSING = object()
 
 
+# open locks of this process: path -> [file, depth] (re-entrant within a process)
+_HELD: dict[str, list] = {}
+
+
 class RunFolder:
     """A run's folder: its record and config (the method's own files go through methods.RunContext)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+
+    def create(self) -> None:
+        """Make the folder (one-line error when ``path`` cannot hold a run: a file, read-only, full...)."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise DfloraError(f"--out {self.path}: cannot write a run there ({err.strerror or err})") from None
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder exclusively (an OS lock on ``.lock``): a second writer gets a one-line error.
+
+        Re-entrant within one process; the OS releases it when the holder dies (kill -9
+        included), so a retried task elsewhere can take it.
+        """
+        key = str(self.path.resolve())
+        if key in _HELD:
+            _HELD[key][1] += 1
+            try:
+                yield
+            finally:
+                _HELD[key][1] -= 1
+            return
+        self.create()
+        f = open(self.path / LOCK, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise DfloraError(f"{self.path} is in use by {holder}; wait for it or choose another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"host {socket.gethostname()} pid {os.getpid()} since {now()}\n")
+        f.flush()
+        _HELD[key] = [f, 1]
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+            if _HELD[key][1] == 0:
+                del _HELD[key]
+                fcntl.flock(f, fcntl.LOCK_UN)
+                f.close()
+
+    def set_aside(self) -> None:
+        """Before a run is redone (--overwrite): keep its finished record, drop its state files."""
+        rec = self.record_path
+        if rec.is_file():
+            if self.finished() is not None:
+                os.replace(rec, self.path / REPLACED)
+            else:
+                rec.unlink()
+        for name in ("checkpoint.npz", "checkpoint.pkl", "history.json", "dev_curve.json", "adapter.npz"):
+            (self.path / name).unlink(missing_ok=True)
 
     @property
     def record_path(self) -> Path:

@@ -231,10 +231,11 @@ class LayerwiseSearch:
         return changed
 
     def _check_prefix_reuse(self) -> None:
-        """Check once, on a middle layer with small random updates, that replaying lower layers is exact."""
+        """Check once, on a middle layer with small random updates, that replaying lower layers is exact.
+
+        With one adapted layer that layer is checked (nothing is reused only when it is model layer 0).
+        """
         self._checked_reuse = True
-        if self.num_layers < 2:
-            return
         layer = self.num_layers // 2
         gen = np.random.default_rng(0)
         X = gen.standard_normal((2, self.adapter.dim)) * self.cfg.optim.sigma

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .. import methods
-from ..config import _merge, _nest, from_dict, load_yaml
+from ..config import _merge, _nest, from_dict, load_yaml, parse_assignments
 from ..errors import DfloraError
 from ..results.record import RunRecord
 from .grid import finished_run, run_grid
@@ -51,26 +51,14 @@ def _split(text: str | Sequence[str]) -> list[str]:
 
 def parse_sets(items: Sequence[str] | None) -> tuple[dict, dict[str, dict]]:
     """``[METHOD:]KEY=VALUE`` items -> (overrides for all runs, {method: overrides}); values are YAML."""
-    import yaml
-
     common: dict = {}
     per_method: dict[str, dict] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise DfloraError(f"--set {item!r}: expected [method:]key=value, e.g. c-lora:search.budget=200")
-        key, value = item.split("=", 1)
-        key = key.strip()
-        try:
-            parsed = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            parsed = value.strip()
-        if isinstance(parsed, str) and parsed.lower() in ("none", "null"):
-            parsed = None
+    for key, value in parse_assignments(items).items():
         if ":" in key:
             method, key = key.split(":", 1)
-            per_method.setdefault(method.strip(), {})[key.strip()] = parsed
+            per_method.setdefault(method.strip(), {})[key.strip()] = value
         else:
-            common[key] = parsed
+            common[key] = value
     return common, per_method
 
 
@@ -211,7 +199,10 @@ def compare(
 
 # -- command line ---------------------------------------------------------------------------------
 def _cmd(args) -> int:
-    seeds = [int(s) for s in _split(args.seeds)]
+    try:
+        seeds = [int(s) for s in _split(args.seeds)]
+    except ValueError:
+        raise DfloraError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 13,42,100") from None
     base = None
     if args.config:
         data = load_yaml(args.config)

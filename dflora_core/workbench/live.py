@@ -15,6 +15,7 @@ the same whether it was clicked through or run in one go.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -196,6 +197,7 @@ class TrainingSession:
         self.more_generations, self.log, self.show_figure = more_generations, log, show_figure
         self.search = None
         self.exp = None
+        self._lock: contextlib.ExitStack | None = None
         self.view: LiveCurves | None = None
         self.progress = RunProgress(f"{self.cfg.method}", interactive, log)
         self.record = self._finished()
@@ -229,6 +231,8 @@ class TrainingSession:
         self.view.draw(hist, dev, layers, self.record["zero_shot"]["value"], self.record["test"]["value"], force=True)
 
     def _start_search(self) -> None:
+        self._lock = contextlib.ExitStack()  # the folder stays ours until finish() (re-entrant for run())
+        self._lock.enter_context(RunFolder(self.out).lock())
         self.exp = Experiment.prepare(self.cfg, self.loaded)
         self.loaded = self.exp.loaded
         self.zero_shot_value = zero_shot(self.exp)["value"]
@@ -303,7 +307,12 @@ class TrainingSession:
             "on_generation": self._on_generation,
             "on_eval": self._on_eval,
         }
-        rec = run(self.cfg, out=self.out, resume=True, loaded=self.loaded, tags=self.planned.tags, **callbacks)
+        try:
+            rec = run(self.cfg, out=self.out, resume=True, loaded=self.loaded, tags=self.planned.tags, **callbacks)
+        finally:
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
         self.progress.close()
         self.record = rec
         if self.view is not None:
