@@ -9,6 +9,7 @@ source of truth.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -268,6 +269,11 @@ def parse_assignments(items, what: str = "--set") -> dict[str, Any]:
 
 def field_docs(cls=RunConfig) -> dict[str, str]:
     """field path -> the rationale written next to it in this file (trailing comment or the comment above)."""
+    return dict(_field_docs(cls))
+
+
+@functools.cache
+def _field_docs(cls) -> dict[str, str]:  # parses this file's source: once per process
     import inspect
     import re
 

@@ -103,8 +103,8 @@ class Experiment:
         task = get_task(cfg.data.task)
         split = sample_fewshot(cfg.data.task, cfg.seed, cfg.data.shots, cfg.data.split_source)
         test = load_test(cfg.data.task, cfg.data.max_test)
-        if cfg.data.max_test is not None and cfg.data.max_test >= len(test.examples):
-            warnings.warn(DfloraWarning(f"data.max_test {cfg.data.max_test} is not below the {len(test.examples)} "
+        if cfg.data.max_test is not None and cfg.data.max_test >= test.full_size:
+            warnings.warn(DfloraWarning(f"data.max_test {cfg.data.max_test} is not below the {test.full_size} "
                                         "test examples: the whole test set is scored"), stacklevel=2)  # fmt: skip
         if loaded is None or loaded.name != cfg.model.name:
             loaded = load_model(cfg.model.name, cfg.model.device)

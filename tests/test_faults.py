@@ -1,0 +1,268 @@
+"""Fault injection: hostile files, concurrent writers, interruptions and bad input.
+
+Every case ends in a one-line error (exit status 2 at the command line) or in a correct
+result, and no case loses or demotes a finished record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dflora_core.cli import main
+from dflora_core.errors import DfloraError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = ["--model", "tiny-llama", "--device", "cpu", "--no-progress", "--task", "sst2", "--max-test", "8",
+        "--budget", "24", "--popsize", "4", "--intrinsic-dim", "8", "--eval-every", "8",
+        "--set", "lowrank.layers=[-2,-1]", "--set", "search.checkpoint_every=1"]  # fmt: skip
+
+
+def one_line_error(capsys, argv, *needles) -> str:
+    """Run the CLI, expect exit 2 and exactly one line on stderr containing every needle."""
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("dflora: error: "), err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def run_tiny(tmp_path, capsys, name="run", *extra) -> Path:
+    out = tmp_path / name
+    assert main(["run", *TINY, "--out", str(out), *extra]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    return out
+
+
+class Payload:
+    """Unpickling this runs code: it would create a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+# -- nothing executed -----------------------------------------------------------------------------
+def test_a_planted_pickle_checkpoint_is_refused_and_never_unpickled(tmp_path, capsys):
+    out = tmp_path / "shared"
+    out.mkdir()
+    marker = tmp_path / "pwned"
+    (out / "checkpoint.pkl").write_bytes(pickle.dumps(Payload(marker)))
+    one_line_error(capsys, ["run", *TINY, "--out", str(out), "--resume"], "checkpoint.pkl", "pickle", "--overwrite")
+    assert not marker.exists()
+
+
+def test_a_planted_object_array_in_the_state_file_is_refused(tmp_path, capsys):
+    out = run_tiny(tmp_path, capsys, "run")
+    (out / "record.json").unlink()  # an interrupted run: only the state remains
+    marker = tmp_path / "pwned"
+    np.savez(out / "checkpoint.npz", __state__=np.array([Payload(marker)], dtype=object))
+    one_line_error(capsys, ["run", *TINY, "--out", str(out), "--resume"], "checkpoint.npz", "unreadable state")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not a state", "bad json"])
+def test_a_damaged_state_file_is_a_one_line_error(tmp_path, capsys, damage):
+    out = run_tiny(tmp_path, capsys, damage.replace(" ", "-"))
+    (out / "record.json").unlink()
+    path = out / "checkpoint.npz"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "not a state":
+        np.savez(path, z=np.zeros(3))
+    else:
+        np.savez(path, __state__=np.frombuffer(b'{"format": "dflora-state/1", "state": ', dtype=np.uint8))
+    one_line_error(capsys, ["run", *TINY, "--out", str(out), "--resume"], "checkpoint.npz")
+
+
+def test_a_model_folder_with_pickle_weights_is_refused_in_one_line(tmp_path, capsys):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 2}))
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(Payload(tmp_path / "pwned")))
+    argv = ["zeroshot", "--model", str(folder), "--device", "cpu", "--task", "sst2", "--max-test", "8"]
+    one_line_error(capsys, argv, "safetensors")
+    assert not (tmp_path / "pwned").exists()
+
+
+# -- nothing lost or mixed --------------------------------------------------------------------------
+HOLD = """
+import sys, time
+from dflora_core.results.record import RunFolder
+with RunFolder(sys.argv[1]).lock():
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_releases(tmp_path, capsys):
+    out = tmp_path / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        one_line_error(capsys, ["run", *TINY, "--out", str(out)], "in use by", f"pid {holder.pid}")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert main(["run", *TINY, "--out", str(out)]) == 0  # the dead holder's lock is gone
+
+
+def test_the_lock_is_reentrant_within_a_process(tmp_path):
+    from dflora_core.results.record import RunFolder
+
+    folder = RunFolder(tmp_path / "f")
+    with folder.lock(), folder.lock():
+        assert (tmp_path / "f" / ".lock").read_text().startswith("host ")
+    with folder.lock():  # released after the outer exit
+        pass
+
+
+def test_a_finished_run_is_neither_redone_nor_demoted(tmp_path, capsys):
+    out = run_tiny(tmp_path, capsys)
+    before = json.loads((out / "record.json").read_text())
+    one_line_error(capsys, ["run", *TINY, "--out", str(out)], "finished run", "--resume", "--overwrite")
+    assert json.loads((out / "record.json").read_text()) == before
+    assert main(["run", *TINY, "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "record.replaced.json").read_text()) == before  # set aside, not lost
+    after = json.loads((out / "record.json").read_text())
+    assert after["status"] == "done" and after["test"] == before["test"]  # deterministic
+
+
+def test_a_checkpoint_is_not_continued_under_another_config(tmp_path, capsys):
+    out = run_tiny(tmp_path, capsys)
+    (out / "record.json").unlink()  # the record is gone; the checkpoint knows its config
+    argv = ["run", *[a if a != "24" else "48" for a in TINY], "--out", str(out), "--resume"]
+    one_line_error(capsys, argv, "checkpoint.npz", "another configuration", "search.budget")
+
+
+@pytest.mark.parametrize("where", ["record", "table"])
+def test_a_corrupted_record_is_named_in_one_line(tmp_path, capsys, where):
+    if where == "record":
+        out = run_tiny(tmp_path, capsys)
+        (out / "record.json").write_text('{"status": "do')
+        one_line_error(capsys, ["run", *TINY, "--out", str(out), "--resume"], "record.json", "unreadable")
+        return
+    root = tmp_path / "grid"
+    argv = ["compare", "--tasks", "sst2", "--methods", "zeroshot", "--seeds", "13", "--model", "tiny-llama",
+            "--max-test", "8", "--root", str(root), "--in-process", "--set", "model.device=cpu"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    [rec] = root.glob("**/record.json")
+    rec.write_text("[1, 2")
+    one_line_error(capsys, [*argv, "--table-only"], str(rec))
+
+
+@pytest.mark.parametrize("kind", ["a file", "under a file", "proc", "empty"])
+def test_an_unusable_out_is_a_one_line_error(tmp_path, capsys, kind):
+    f = tmp_path / "f"
+    f.write_text("x")
+    out = {"a file": str(f), "under a file": str(f / "run"), "proc": "/proc/dflora-run", "empty": ""}[kind]
+    one_line_error(capsys, ["run", *TINY, "--out", out], "--out")
+
+
+def test_a_full_disk_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from dflora_core import fileio
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(fileio, "atomic_write_bytes", full)
+    one_line_error(capsys, ["run", *TINY, "--out", str(tmp_path / "run")], "No space left")
+
+
+def test_an_invalid_config_leaves_no_folder_behind(tmp_path, capsys):
+    out = tmp_path / "never"
+    one_line_error(capsys, ["run", *TINY, "--out", str(out), "--set", "search.budget=2"], "search.budget")
+    assert not out.exists()
+
+
+# -- bad input --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "content, needle",
+    [(b"- a\n- b\n", "mapping"), (b"\xff\xfe run: 1\n", "UTF-8"), (b"run: [1,\n", "not valid YAML"), (b"3\n", "mapping")],
+)
+def test_a_config_file_that_is_not_a_utf8_mapping_is_one_line(tmp_path, capsys, content, needle):
+    path = tmp_path / "cfg.yaml"
+    path.write_bytes(content)
+    one_line_error(capsys, ["config", "--config", str(path)], str(path), needle)
+
+
+def test_flag_combinations_that_would_be_ignored_are_refused(tmp_path, capsys):
+    one_line_error(capsys, ["run", *TINY, "--resume"], "--resume needs --out")
+    one_line_error(capsys, ["run", *TINY, "--out", str(tmp_path / "x"), "--resume", "--overwrite"], "choose one")
+    one_line_error(capsys, ["compare", "--tasks", "sst2", "--methods", "zeroshot", "--seeds", "a,b"], "--seeds")
+
+
+def test_a_projection_that_would_overflow_is_refused_before_searching(tmp_path, capsys):
+    one_line_error(capsys, ["run", *TINY, "--alpha", "1e300", "--out", str(tmp_path / "run")], "lowrank.alpha")
+
+
+def test_run_and_compare_parse_set_values_alike(tmp_path, capsys):
+    out = run_tiny(tmp_path, capsys)  # TINY sets lowrank.layers=[-2,-1], which compare also accepts
+    assert json.loads((out / "record.json").read_text())["config"]["lowrank"]["layers"] == [-2, -1]
+
+
+def test_a_max_test_above_the_test_set_is_said(tmp_path, capsys):
+    argv = ["zeroshot", "--model", "tiny-llama", "--device", "cpu", "--task", "rte", "--max-test", "5000"]
+    assert main(argv) == 0
+    assert "dflora: note: data.max_test 5000 is not below the 277 test examples" in capsys.readouterr().err
+
+
+# -- interruptions -----------------------------------------------------------------------------------
+def test_sigterm_checkpoints_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path, capsys):
+    ref = run_tiny(tmp_path, capsys, "ref")
+    out = tmp_path / "cut"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "dflora_core", "run", *[a if a != "24" else "160" for a in TINY], "--out", str(out)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.npz").is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted; continue with" in err, err
+    assert main(["run", *[a if a != "24" else "160" for a in TINY], "--out", str(out), "--resume"]) == 0
+    capsys.readouterr()
+    full = tmp_path / "full"
+    assert main(["run", *[a if a != "24" else "160" for a in TINY], "--out", str(full)]) == 0
+    a, b = (json.loads((p / "record.json").read_text()) for p in (out, full))
+    assert a["test"] == b["test"] and a["calls"] == b["calls"] and a["best_dev"] == b["best_dev"]
+    ha, hb = ([{k: v for k, v in g.items() if k != "seconds"} for g in json.loads((p / "history.json").read_text())]
+              for p in (out, full))  # fmt: skip
+    assert ha == hb
+    assert ref.is_dir()
+
+
+def test_the_lock_file_does_not_survive_as_a_stale_claim(tmp_path, capsys):
+    """A finished run's folder can be read and resumed by anyone later (the lock is released)."""
+    out = run_tiny(tmp_path, capsys)
+    assert main(["run", *TINY, "--out", str(out), "--resume"]) == 0
+
+
+def test_library_callers_get_the_same_errors(tmp_path, tiny_models):
+    from dflora_core.config import from_dict
+    from dflora_core.runner import run
+
+    cfg = from_dict({"model": {"name": "tiny-llama", "device": "cpu"}, "method": "zeroshot",
+                     "data": {"max_test": 8}, "progress": False})  # fmt: skip
+    run(cfg, out=tmp_path, loaded=tiny_models["tiny-llama"])
+    with pytest.raises(DfloraError, match="finished run"):
+        run(cfg, out=tmp_path, loaded=tiny_models["tiny-llama"])
