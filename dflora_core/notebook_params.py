@@ -114,6 +114,8 @@ def coerce(name: str, tp, value):
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):  # `papermill -p interactive false`
+            return value.strip().lower() == "true"
         raise ParameterError(f"parameter {name!r}: expected true or false, got {value!r}")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):

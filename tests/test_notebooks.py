@@ -113,6 +113,9 @@ def test_parameters_are_typed_and_validated():
     assert params.types() == {"profile": "str", "interactive": "bool", "budget": "int", "scale": "float"}
     with pytest.raises(AttributeError):
         params.profile = "x"
+    # `papermill -p interactive false` injects the lower-case string
+    assert _cells(PARAMS_CELL, "interactive = 'false'\n")[0].interactive is False
+    assert _cells(PARAMS_CELL, "interactive = 'True'\n")[0].interactive is True
 
 
 @pytest.mark.parametrize(
