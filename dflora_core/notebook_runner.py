@@ -3,9 +3,11 @@
     python -m dflora_core.notebook_runner --profile quick        # the main job (make figures)
     python -m dflora_core.notebook_runner --profile smoke --only 01,05
     python -m dflora_core.notebook_runner --profile quick --convert-only   # .ipynb under build/ only
+    python -m dflora_core.notebook_runner --lab          # make lab: JupyterLab on notebooks/, prints its URL
 
 Each jupytext source ``notebooks/NN_*.py`` is converted to ``build/<profile>/NN_*.ipynb``
-(kernelspec python3), executed in order with the parameters ``profile``, ``interactive=False``
+(the project kernel ``dflora`` that ``make setup`` registers, python3 where it is not
+installed), executed in order with the parameters ``profile``, ``interactive=False``
 and the output folders, and written back executed to the same place. The notebooks' own
 progress lines appear in the terminal. Runs are recorded under the profile's runs root, so
 a rerun reuses finished runs and resumes interrupted ones; figures and tables go to the
@@ -29,7 +31,9 @@ from .errors import DfloraError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 BUILD_DIR = REPO_ROOT / "build"
-KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+# make setup registers this kernel inside the venv (ipykernel install --sys-prefix --name dflora)
+PROJECT_KERNEL = {"name": "dflora", "display_name": "Python (dflora)", "language": "python"}
+FALLBACK_KERNEL = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -51,12 +55,39 @@ def select(sources: list[Path], only: str | None) -> list[Path]:
     return sorted(out)
 
 
+def kernelspec() -> dict:
+    """The project kernel by name, or python3 (this environment's ipykernel) where it is not installed."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(PROJECT_KERNEL["name"])
+    except NoSuchKernel:
+        return dict(FALLBACK_KERNEL)
+    return dict(PROJECT_KERNEL)
+
+
+def kernel_manager_config():
+    """Kernel-manager settings for papermill and JupyterLab: CurveZMQ keys for the kernel's sockets.
+
+    ipykernel >= 7 warns "Kernel is running over TCP without encryption" at every start unless
+    the manager provisions keys; ``auto`` does so for kernelspecs that declare support
+    (ipykernel's do) and leaves other kernels as they were.
+    """
+    import zmq
+    from traitlets.config import Config
+
+    config = Config()
+    if zmq.has("curve"):
+        config.KernelManager.transport_encryption = "auto"
+    return config
+
+
 def convert(source: str | Path, dest: str | Path) -> Path:
-    """jupytext percent source -> .ipynb with a python3 kernelspec (papermill needs one)."""
+    """jupytext percent source -> .ipynb with the project's kernelspec (papermill needs one)."""
     import jupytext
 
     nb = jupytext.read(source)
-    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    nb.metadata["kernelspec"] = kernelspec()
     nb.metadata["language_info"] = {"name": "python"}
     nb.metadata.pop("jupytext", None)  # the generated notebook is not paired with anything
     dest = Path(dest)
@@ -116,7 +147,7 @@ def run_notebook(source: Path, out_dir: Path, parameters: dict, stream=None, cwd
         str(nb_path),
         str(nb_path),
         parameters=parameters,
-        kernel_name=KERNELSPEC["name"],
+        kernel_name=kernelspec()["name"],
         language="python",
         progress_bar=False,
         log_output=False,
@@ -124,6 +155,7 @@ def run_notebook(source: Path, out_dir: Path, parameters: dict, stream=None, cwd
         stderr_file=stream,
         cwd=str(cwd),
         start_timeout=180,
+        config=kernel_manager_config(),
     )
     return nb_path
 
@@ -133,6 +165,172 @@ def _kernel_environment() -> None:
     # SmolLM2 ~5x slower with 2 threads (measured); passive waiting costs nothing when alone
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # silences a debugger warning in kernels
+
+
+# -- JupyterLab (make lab, tests/test_browser.py) ------------------------------------------------------
+# JupyterLab settings that every dflora lab starts with (an app settings folder's overrides.json)
+LAB_SETTINGS = {
+    # the jupytext sources open as notebooks on a double-click (jupytext's viewer), not as text
+    "@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}},
+    # no news feed and no update check: nothing is fetched from outside this machine
+    "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False},
+}
+
+
+def free_port(preferred: int | None = None) -> int:
+    """``preferred`` if it is free on 127.0.0.1, else a port the system picks."""
+    import socket
+
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise OSError("no free port on 127.0.0.1")
+
+
+def lab_command(root: str | Path, port: int, settings_dir: str | Path, extra: tuple[str, ...] = ()) -> list[str]:
+    """``jupyter lab`` on ``root``: 127.0.0.1 only, the project kernel, no look-ups outside this machine."""
+    import zmq
+
+    return [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        f"--ServerApp.root_dir={root}",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        "--ServerApp.open_browser=False",
+        "--LabApp.news_url=None",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.extension_manager=readonly",
+        f"--LabApp.app_settings_dir={settings_dir}",
+        f"--MappingKernelManager.default_kernel_name={kernelspec()['name']}",
+        *(["--KernelManager.transport_encryption=auto"] if zmq.has("curve") else []),
+        *(["--ServerApp.allow_root=True"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),  # containers, CI
+        *extra,
+    ]
+
+
+class Lab:
+    """A JupyterLab server started by :func:`start_lab`."""
+
+    def __init__(self, proc, port: int, token: str):
+        self.proc, self.port, self.token = proc, port, token
+        self.base = f"http://127.0.0.1:{port}"
+
+    def url(self, path: str = "") -> str:
+        """``/lab/tree/<path>`` with the token, which logs the browser in."""
+        return f"{self.base}/lab/tree/{path}?token={self.token}" if path else f"{self.base}/lab?token={self.token}"
+
+    def stop(self, timeout: float = 20.0) -> None:
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: the server shuts its kernels down
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_lab(
+    root: str | Path,
+    settings_dir: str | Path,
+    port: int | None = None,
+    extra: tuple[str, ...] = (),
+    env: dict | None = None,
+    output=None,
+    timeout: float = 120.0,
+    own_session: bool = False,
+) -> Lab:
+    """Start JupyterLab on ``root`` with a fresh token and return once it answers.
+
+    ``own_session``: the server does not get the terminal's Ctrl-C (whose "Shutdown this Jupyter
+    server (y/[n])?" question would interleave with our output); the caller stops it.
+    """
+    import secrets
+    import subprocess
+    import urllib.request
+
+    settings_dir = Path(settings_dir)
+    settings_dir.mkdir(parents=True, exist_ok=True)
+    (settings_dir / "overrides.json").write_text(json.dumps(LAB_SETTINGS, indent=1))
+    token = secrets.token_hex(24)
+    port = port or free_port()
+    # the token goes in the environment, not on the command line (where ps shows it)
+    full_env = {**os.environ, **(env or {}), "JUPYTER_TOKEN": token}
+    cmd = lab_command(Path(root).resolve(), port, settings_dir.resolve(), extra)
+    proc = subprocess.Popen(
+        cmd,
+        env=full_env,
+        stdout=output,
+        stderr=subprocess.STDOUT if output else None,
+        start_new_session=own_session,
+    )
+    lab = Lab(proc, port, token)
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise DfloraError(f"JupyterLab exited with status {proc.returncode} before it answered on port {port}")
+        try:
+            with urllib.request.urlopen(f"{lab.base}/api/status?token={token}", timeout=5) as r:
+                if r.status == 200:
+                    return lab
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            lab.stop()
+            raise DfloraError(f"JupyterLab did not answer on port {port} within {timeout:.0f} s")
+        time.sleep(0.3)
+
+
+def lab_main(folder: Path, port: int) -> int:
+    """``make lab``: JupyterLab on the notebooks folder; prints the URL with its token."""
+    sources = notebook_sources(folder)
+    _kernel_environment()
+    spec = kernelspec()
+    print(f"starting JupyterLab on {folder} (kernel {spec['display_name']!r}) ...", flush=True)
+    try:
+        lab = start_lab(
+            folder,
+            BUILD_DIR / "lab" / "settings",
+            port=free_port(port),
+            extra=("--ServerApp.log_level=WARN", "--LabApp.log_level=WARN"),
+            own_session=True,
+        )
+    except DfloraError as err:
+        print(f"make lab: error: {err}", file=sys.stderr)
+        return 1
+    first = sources[0].name if sources else ""
+    print(
+        f"\nJupyterLab is running. Open this address in a browser (it carries the login token):\n\n"
+        f"    {lab.url(first)}\n\n"
+        f"It opens {first or 'the notebooks folder'}: start there. The notebooks go 01 to 05; run each with\n"
+        "Run > Run All Cells, but 03 cell by cell (Shift+Enter) to use its 'Run N more generations' button.\n"
+        "The .py files open as notebooks (double-click one in the file browser). To try everything in\n"
+        'seconds on tiny random models, set profile = "smoke" in a notebook\'s parameters cell.\n'
+        "Ctrl-C here stops JupyterLab.",
+        flush=True,
+    )
+    import signal
+
+    def stop(_signum, _frame):
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):  # a closed terminal stops the server too
+        if sig is not None:
+            signal.signal(sig, stop)
+    try:
+        return lab.proc.wait()
+    except KeyboardInterrupt:
+        print("\nstopping JupyterLab ...", flush=True)
+        lab.stop()
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--build-dir", help="where executed notebooks go (default build/<profile>)")
     ap.add_argument("--notebooks", default=str(NOTEBOOK_DIR), help="folder of the jupytext sources")
     ap.add_argument("--convert-only", action="store_true", help="write the .ipynb files, execute nothing")
+    ap.add_argument("--lab", action="store_true", help="start JupyterLab on the notebooks instead (make lab)")
+    ap.add_argument("--port", type=int, default=8888, help="--lab: the port, if free (default 8888)")
     args = ap.parse_args(argv)
+    if args.lab:
+        return lab_main(Path(args.notebooks), args.port)
 
     from .workbench.profiles import load_profile
 
@@ -175,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"profile {profile.name}: {profile.description}")
     print(f"  runs -> {runs_root}\n  figures and tables -> {figures}\n  executed notebooks -> {build}")
+    print(f"  kernel -> {kernelspec()['name']}")
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     before = {p: p.stat().st_mtime for p in figures.glob("*")} if figures.is_dir() else {}

@@ -37,6 +37,13 @@ class ModelEntry:
     default: bool = False
     # per-task verbalizer words that replace the family table for this model (docs/design.md §2-3)
     verbalizers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    obtain: str = ""  # how a user gets the weights (dflora models prints it)
+    package: str = ""  # the Python package that carries them, if any (installed or not)
+
+    def installed(self) -> bool:
+        import importlib.util
+
+        return not self.package or importlib.util.find_spec(self.package) is not None
 
 
 def _load_folder(folder: Path, gguf_file: str | None = None, masked: bool | None = None):
@@ -83,6 +90,13 @@ def _tiny(name: str):
     return build
 
 
+TINY_OBTAIN = "built in: random weights from a small config, made on the fly (nothing to download)"
+# a model that is not registered: weights already on disk, given by path
+LOCAL_OBTAIN = (
+    "weights already on disk: --model /path/to/folder (a Hugging Face folder: config.json, tokenizer, "
+    "*.safetensors or *.bin) or --model /path/to/model.gguf"
+)
+
 REGISTRY: dict[str, ModelEntry] = {
     "smollm2": ModelEntry(
         "smollm2",
@@ -92,6 +106,8 @@ REGISTRY: dict[str, ModelEntry] = {
         model_type="llama",
         num_layers=30,
         default=True,
+        obtain=packaged.SMOLLM2.install,
+        package=packaged.SMOLLM2.package,
     ),
     "gemma3-270m": ModelEntry(
         "gemma3-270m",
@@ -100,9 +116,19 @@ REGISTRY: dict[str, ModelEntry] = {
         _packaged(packaged.GEMMA3_270M),
         model_type="gemma3_text",
         num_layers=18,
+        obtain=packaged.GEMMA3_270M.install,
+        package=packaged.GEMMA3_270M.package,
     ),
     **{
-        name: ModelEntry(name, f"tiny random {desc}, for tests", family, _tiny(name), mtype, tiny.TINY_SIZES["layers"])
+        name: ModelEntry(
+            name,
+            f"tiny random {desc}, for tests",
+            family,
+            _tiny(name),
+            mtype,
+            tiny.TINY_SIZES["layers"],
+            obtain=TINY_OBTAIN,
+        )
         for name, desc, family, mtype in (
             ("tiny-roberta", "RoBERTa (masked LM)", "masked", "roberta"),
             ("tiny-gpt2", "GPT-2 (fused c_attn)", "causal", "gpt2"),
