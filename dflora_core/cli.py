@@ -257,7 +257,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved configuration as YAML")
     _add_run_flags(p)
     p.set_defaults(fn=cmd_config)
-    from .bench import add_parser as add_bench
+    from .bench.cli import add_parser as add_bench
     from .workbench.compare import add_arguments as add_compare
 
     add_compare(sub.add_parser("compare", help="run methods x tasks x seeds and render the main table"))

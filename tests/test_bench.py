@@ -10,6 +10,7 @@ import torch
 from dflora_core import bench
 from dflora_core.cli import main
 from dflora_core.lowrank.patching import LowRankWrapper
+from dflora_core.models.tiny import ROBERTA_MASK_ID
 
 ROW_FIELDS = (
     "model",
@@ -149,7 +150,7 @@ def test_synthetic_prompts_are_scored_where_the_family_scores():
     s = bench.make_setup("roberta-tiny-shape", "cpu", population=2, n_examples=5, mean_tokens=10)
     try:
         for ids, p in zip(s.data.ids, s.data.positions, strict=True):
-            assert ids[p] == bench.ROBERTA_MASK_ID and ids[0] == 0 and ids[-1] == 2
+            assert ids[p] == ROBERTA_MASK_ID and ids[0] == 0 and ids[-1] == 2
         assert np.all(s.data.lengths >= 4)
     finally:
         s.adapter.remove()

@@ -1,14 +1,19 @@
-"""Tiny randomly initialised models built from configs, for tests and CI.
+"""Randomly initialised models built from configs: tiny ones for tests, real-sized shapes for benchmarks.
 
-Three families cover the three code paths of the workbench: ``tiny-roberta`` (masked LM,
+Three tiny families cover the three code paths of the workbench: ``tiny-roberta`` (masked LM,
 separate q/k/v ``nn.Linear``), ``tiny-gpt2`` (causal LM, fused ``Conv1D`` ``c_attn``) and
 ``tiny-llama`` (the default model's family: rotary, grouped-query attention, pre-norm).
 They share a word-level tokenizer built here from the task templates and a fixed list of
 common words, so no tokenizer is downloaded.
+
+The synthetic shapes (``SHAPES``: RoBERTa-large, GPT2-XL, GPT-2 ... with random weights, no
+tokenizer) are what ``dflora bench`` times: their speed is a real architecture's speed, their
+outputs mean nothing. ``build_shape`` builds one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 
@@ -96,35 +101,33 @@ def build_tiny(name: str, seed: int = 0):
     tok = tiny_tokenizer(masked)
     vocab = len(tok)
     # a larger init range than the default 0.02 so that random logits and updates are not all ~0
-    init = 0.1
+    shared = dict(
+        vocab_size=vocab,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        initializer_range=0.1,
+    )
     if name == "tiny-roberta":
         cfg = RobertaConfig(
-            vocab_size=vocab,
+            **shared,
             hidden_size=s["hidden"],
             num_hidden_layers=s["layers"],
             num_attention_heads=s["heads"],
             intermediate_size=s["intermediate"],
             max_position_embeddings=s["positions"] + 2,
             type_vocab_size=1,
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            initializer_range=init,
             hidden_dropout_prob=0.0,
             attention_probs_dropout_prob=0.0,
         )
         cls = RobertaForMaskedLM
     elif name == "tiny-gpt2":
         cfg = GPT2Config(
-            vocab_size=vocab,
+            **shared,
             n_embd=s["hidden"],
             n_layer=s["layers"],
             n_head=s["heads"],
             n_positions=s["positions"],
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            initializer_range=init,
             resid_pdrop=0.0,
             embd_pdrop=0.0,
             attn_pdrop=0.0,
@@ -132,24 +135,76 @@ def build_tiny(name: str, seed: int = 0):
         cls = GPT2LMHeadModel
     elif name == "tiny-llama":
         cfg = LlamaConfig(
-            vocab_size=vocab,
+            **shared,
             hidden_size=s["hidden"],
             num_hidden_layers=s["layers"],
             num_attention_heads=s["heads"],
             num_key_value_heads=s["kv_heads"],
             intermediate_size=s["intermediate"],
             max_position_embeddings=s["positions"],
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
             tie_word_embeddings=True,
-            initializer_range=init,
         )
         cls = LlamaForCausalLM
     else:
         raise KeyError(name)
-    with torch.random.fork_rng(devices=[]):
+    return _random_init(cls, cfg, seed), tok
+
+
+def _random_init(cls, cfg, seed: int, device=None):
+    """``cls(cfg)`` in eval mode, its weights drawn from ``seed`` without touching torch's global stream."""
+    on_device = contextlib.nullcontext() if device is None else torch.device(device)
+    with torch.random.fork_rng(devices=[]), on_device:
         torch.manual_seed(seed)
         model = cls(cfg)
-    model.eval()
-    return model, tok
+    return model.eval()
+
+
+# -- synthetic shapes: real architectures, random weights (speed does not depend on the values) ----------
+ROBERTA_MASK_ID = 50264  # <mask> in RoBERTa's vocabulary: the shapes have no tokenizer to ask
+
+
+_ROBERTA_VOCAB = dict(vocab_size=50265, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+
+
+def _roberta_shape(hidden: int, layers: int, heads: int, intermediate: int, positions: int = 514):
+    return "roberta", dict(
+        _ROBERTA_VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=positions,
+    )
+
+
+def _gpt2_shape(embd: int, layers: int, heads: int, positions: int = 1024):
+    return "gpt2", dict(vocab_size=50257, n_embd=embd, n_layer=layers, n_head=heads, n_positions=positions)
+
+
+SHAPES: dict[str, tuple[str, dict]] = {
+    "roberta-large-shape": _roberta_shape(1024, 24, 16, 4096),
+    "roberta-base-shape": _roberta_shape(768, 12, 12, 3072),
+    "gpt2-xl-shape": _gpt2_shape(1600, 48, 25),
+    "gpt2-large-shape": _gpt2_shape(1280, 36, 20),
+    "gpt2-medium-shape": _gpt2_shape(1024, 24, 16),
+    "gpt2-shape": _gpt2_shape(768, 12, 12),
+    # for tests: the synthetic code paths on a model that builds in a second
+    "gpt2-tiny-shape": _gpt2_shape(64, 3, 4, positions=256),
+    "roberta-tiny-shape": _roberta_shape(64, 3, 4, 128, positions=258),
+}
+
+
+def build_shape(name: str, device="cpu"):
+    """A synthetic shape by name on ``device``, frozen; returns (model, family). Always the same weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel, RobertaConfig, RobertaForMaskedLM
+
+    kind, kw = SHAPES[name]
+    if kind == "roberta":
+        cfg, cls, family = RobertaConfig(**kw), RobertaForMaskedLM, "masked"
+    else:
+        cfg = GPT2Config(**kw, bos_token_id=50256, eos_token_id=50256, pad_token_id=50256)
+        cls, family = GPT2LMHeadModel, "causal"
+    model = _random_init(cls, cfg, 0, device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, family
