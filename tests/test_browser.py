@@ -380,8 +380,9 @@ def _calls(status_text: str) -> int:
 @pytest.mark.browser
 @pytest.mark.slow
 def test_notebook_03_live_curves_update_and_run_n_more_adds_generations(browser, lab):
-    from dflora_core.profiles import load_profile
     from playwright.sync_api import expect
+
+    from dflora_core.workbench.profiles import load_profile
 
     popsize = load_profile("smoke").base.optim.popsize
     page = browser.open(lab, "prepared/03_training.ipynb")

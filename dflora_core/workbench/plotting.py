@@ -1,7 +1,7 @@
 """Figures of the notebooks and of ``make figures``: from records only, deterministic files.
 
 Every figure function takes recorded results (run records, analysis JSON, frames built from
-them by :mod:`dflora_core.studies`) and the profile name, never a model, and returns a
+them by :mod:`dflora_core.workbench.collect`) and the profile name, never a model, and returns a
 matplotlib Figure whose footer says which profile and settings produced it. ``save`` writes
 PDF and PNG that are byte-identical for the same data: seaborn "paper" context,
 ``pdf.fonttype`` 42 (embedded TrueType), a fixed ``svg.hashsalt``, and no creation date or
