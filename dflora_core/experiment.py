@@ -165,6 +165,8 @@ class Experiment:
             "dev_digest": _examples_digest(self.split.dev),
             "test_name": self.test.name,
             "test_official": self.test.official,
+            "test_verification": self.test.verification,  # manifest | row counts | unverified (docs/architecture.md)
+            "split_verification": self.split.verification,
             "test_size": len(self.test.examples),
             "test_full_size": self.test.full_size,
             "test_max": self.test.max_test,

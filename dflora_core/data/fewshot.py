@@ -15,13 +15,18 @@ Sampling from a train pool (``source="pool"``), following the paper (BBT/BBTv2 "
 
 Fixed splits (``source="fixed"``) are the shipped LM-BFF / RLPrompt ``16-<seed>/{train,dev}.tsv``
 files; for ``k < 16`` the first ``k`` rows of each class in file order are taken.
+
+Every file a split or test set reads is verified when it is read: against the data root's
+``MANIFEST.json`` (size and md5, :func:`dflora_core.data.manifest.check_file`) or, for a root
+without one, by its row count against the task's declared sizes (``TaskSpec.test_size``,
+``pool_size``; a fixed split file holds 16 rows per class). A file with no rows is always refused.
+The outcome is the ``verification`` field of the split and of the test set (``VERIFICATION_LEVELS``).
 """
 
 from __future__ import annotations
 
 import functools
 import numbers
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -29,8 +34,10 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from . import loaders as L
+from .manifest import verification_level, verify_files, weakest
+from .root import ENV_VAR, data_root
 from .tasks import get_task
-from .types import Example, FewShotSplit, TestSet
+from .types import Example, FewShotSplit, TaskSpec, TestSet
 
 __all__ = [
     "ENV_VAR",
@@ -47,7 +54,6 @@ __all__ = [
     "text_key",
 ]
 
-ENV_VAR = "DFLORA_DATA"
 _FIXED_K = 16
 
 #: Files of each task's test set (the first one holds the examples).
@@ -83,30 +89,6 @@ POOL_FILES: dict[str, tuple[str, ...]] = {
 
 
 # --------------------------------------------------------------------------- data root
-
-
-def data_root() -> Path:
-    """The data folder: ``$DFLORA_DATA`` if set, else the repository's ``data/``."""
-    env = os.environ.get(ENV_VAR, "").strip()
-    if env:
-        root = Path(env).expanduser()
-        if not root.is_dir():
-            raise DataError(
-                f"{ENV_VAR}={env!r} is not a folder: point it at the folder that holds sst2/, rte/, ... "
-                f"(the repository's data/), or unset it to use {_default_root()}"
-            )
-        return root
-    root = _default_root()
-    if not root.is_dir():
-        raise DataError(
-            f"data folder {root} not found: restore the repository's data/ (git checkout -- data) "
-            f"or set {ENV_VAR} to a folder with the same layout (see data/README.md)"
-        )
-    return root
-
-
-def _default_root() -> Path:
-    return Path(__file__).resolve().parents[2] / "data"
 
 
 def _root(root: str | Path | None) -> Path:
@@ -185,6 +167,17 @@ def text_key(item: Example | tuple[str, ...] | str) -> str:
     return "\x1f".join("".join(t.replace("\\/", "/").lower().split()) for t in texts)
 
 
+# --------------------------------------------------------------------------- verification
+
+
+def _test_examples(spec: TaskSpec, root: Path) -> tuple[list[Example], str]:
+    files = TEST_FILES[spec.name]
+    listed = verify_files(root, {rel: spec.test_size if i == 0 else None for i, rel in enumerate(files)})
+    examples = _read_test_raw(spec.name, root)
+    what = f"the {spec.title} test set, {spec.test_name}"
+    return examples, verification_level(listed, files[0], len(examples), spec.test_size, what)
+
+
 # --------------------------------------------------------------------------- pool
 
 
@@ -244,9 +237,15 @@ def _pool(task: str, root: Path) -> tuple[list[Example], dict]:
             f"task {spec.name!r} has no train pool: use source='fixed' with one of the seeds "
             f"{', '.join(map(str, spec.fixed_seeds))}",
         )
-    files = POOL_FILES[spec.name] + TEST_FILES[spec.name]
-    kept, report = _clean_pool(spec.name, str(root.resolve()), _stamps(root, files))
-    return list(kept), dict(report)
+    pool_files = POOL_FILES[spec.name]
+    one = len(pool_files) == 1
+    listed = verify_files(root, {rel: spec.pool_size if one else None for rel in pool_files})
+    test_level = _test_examples(spec, root)[1]  # the test texts are removed from the pool
+    kept, items = _clean_pool(spec.name, str(root.resolve()), _stamps(root, pool_files + TEST_FILES[spec.name]))
+    report = dict(items)
+    what = f"the {spec.title} train pool"
+    level = verification_level(listed, pool_files[0], report["raw_rows"], spec.pool_size, what)
+    return list(kept), {**report, "verification": weakest(level, test_level)}
 
 
 def load_pool(task: str, *, root: str | Path | None = None) -> list[Example]:
@@ -298,12 +297,17 @@ def _sample_fixed(task: str, seed: int, k: int, root: Path) -> FewShotSplit:
         )
     if k > _FIXED_K:
         raise ConfigError("k", f"k={k} is larger than the {_FIXED_K} examples per class of the fixed splits")
-    train_rel, dev_rel = fixed_split_paths(spec.name, seed)
     n = len(spec.classes)
-    train = _first_k_per_class(_read_fixed_raw(spec.name, root, train_rel), k, n, train_rel)
-    dev = _first_k_per_class(_read_fixed_raw(spec.name, root, dev_rel), k, n, dev_rel)
+    parts, levels = [], []
+    for rel in fixed_split_paths(spec.name, seed):
+        listed = verify_files(root, {rel: _FIXED_K * n})
+        rows = _read_fixed_raw(spec.name, root, rel)
+        what = f"a {_FIXED_K}-shot {spec.title} split ({_FIXED_K} rows per class)"
+        levels.append(verification_level(listed, rel, len(rows), _FIXED_K * n, what))
+        parts.append(_first_k_per_class(rows, k, n, rel))
+    train_rel, dev_rel = fixed_split_paths(spec.name, seed)
     origin = f"{train_rel}, {dev_rel}" + ("" if k == _FIXED_K else f" (first {k} per class in file order)")
-    return FewShotSplit(spec.name, seed, k, "fixed", train, dev, origin)
+    return FewShotSplit(spec.name, seed, k, "fixed", parts[0], parts[1], origin, weakest(*levels))
 
 
 def _sample_pool(task: str, seed: int, k: int, root: Path) -> FewShotSplit:
@@ -344,7 +348,7 @@ def _sample_pool(task: str, seed: int, k: int, root: Path) -> FewShotSplit:
         f"conflicting-label and {report['test_overlap_removed']} test-overlap rows removed); "
         f"numpy default_rng({seed}).permutation, first {k} per class -> train, next {k} -> dev"
     )
-    return FewShotSplit(spec.name, seed, k, "pool", train, dev, origin)
+    return FewShotSplit(spec.name, seed, k, "pool", train, dev, origin, report["verification"])
 
 
 def sample_fewshot(
@@ -412,8 +416,7 @@ def load_test(
     if max_test is not None:
         max_test = _check_int("max_test", max_test, 1)
     subsample_seed = _check_int("subsample_seed", subsample_seed, 0)
-    data = _root(root)
-    examples = _read_test_raw(spec.name, data)
+    examples, verification = _test_examples(spec, _root(root))
     full = len(examples)
     n = len(spec.classes)
     full_counts = Counter(e.label for e in examples)
@@ -442,4 +445,5 @@ def load_test(
         origin=", ".join(TEST_FILES[spec.name]),
         notes=spec.notes,
         extra=extra,
+        verification=verification,
     )

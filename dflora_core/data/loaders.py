@@ -27,6 +27,15 @@ Format facts the readers rely on (checked on the shipped files):
 
 Every text field is stripped of leading/trailing whitespace (GLUE SST-2 lines end with a space,
 DBPedia content starts with one); inner whitespace is kept.
+
+What no reader accepts (a one-line DataError with ``file:line``):
+
+- A control character in a text field other than tab and newline (a NUL byte, a lone carriage
+  return, ...). Tabs are real text in two DBPedia rows; C1 characters (``\x80``, ``\x99``: RTE's
+  mojibake) are kept as they are.
+- A record that spans more than one physical line. No field of the shipped files holds a line
+  break, so in the quoted formats such a record is two or more rows merged by a stray quote
+  (``"a<TAB>0`` ... ``b"<TAB>1`` parses as one row); a quoting reader would drop them silently.
 """
 
 from __future__ import annotations
@@ -142,6 +151,10 @@ def _rows(
         except csv.Error as err:
             raise DataError(f"{rel}:{reader.line_num}: malformed row ({err})") from None
         end = reader.line_num
+        if row and end > start:
+            raise DataError(
+                f"{rel}:{start}: one record spans lines {start}-{end}: a stray quote merges rows (no field holds a line break)"
+            )
         if row:
             yield start, row
         start = end + 1
@@ -162,10 +175,16 @@ def _check_header(rel: str, row: list[str], expected: list[str]) -> None:
         raise DataError(f"{_where(rel, 1)}: expected header {expected}, found {row}")
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # C0 controls and DEL, but tab and newline
+
+
 def _text(rel: str, line: int | str, value: str, what: str = "text") -> str:
     value = value.strip()
     if not value:
         raise DataError(f"{_where(rel, line)}: empty {what} field")
+    bad = _CONTROL.search(value)
+    if bad:
+        raise DataError(f"{_where(rel, line)}: control character {bad.group()!r} in the {what} field")
     return value
 
 

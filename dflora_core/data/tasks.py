@@ -46,6 +46,8 @@ TASKS: dict[str, TaskSpec] = {
         fixed_seeds=FIXED_SEEDS,
         pool_kind="full",
         default_split_source="pool",
+        test_size=872,
+        pool_size=67349,
         notes=(
             "Test = GLUE validation (872), the paper's stand-in for the unlabelled GLUE test. "
             "Pool = full GLUE train (67,349 phrases, sub-sentence phrases included); duplicate texts "
@@ -64,6 +66,7 @@ TASKS: dict[str, TaskSpec] = {
         fixed_seeds=FIXED_SEEDS,
         pool_kind="none",
         default_split_source="fixed",
+        test_size=2000,
         notes=(
             "Test is a uniform random sample of 2,000 of the 38,000 official test reviews: report it "
             "as 'Yelp (2k test sample)', never as the official test accuracy (standard error about "
@@ -83,6 +86,8 @@ TASKS: dict[str, TaskSpec] = {
         fixed_seeds=FIXED_SEEDS,
         pool_kind="partial",
         default_split_source="fixed",
+        test_size=7600,
+        pool_size=10001,
         notes=(
             "Test = official char-CNN test set (7,600), text = title + ' ' + description. Default "
             "few-shot splits = the fixed RLPrompt 16-shot files (same title + description format). "
@@ -104,6 +109,7 @@ TASKS: dict[str, TaskSpec] = {
         fixed_seeds=FIXED_SEEDS,
         pool_kind="none",
         default_split_source="fixed",
+        test_size=7600,
         notes=(
             "Test is a uniform random (not stratified) sample of 7,600 of the 70,000 official test "
             "rows: report it as 'DBPedia (7.6k test sample)', never as the official test accuracy. "
@@ -122,6 +128,8 @@ TASKS: dict[str, TaskSpec] = {
         fixed_seeds=FIXED_SEEDS,
         pool_kind="full",
         default_split_source="pool",
+        test_size=408,
+        pool_size=3668,
         notes=(
             "Metric F1 of the paraphrase class. Test = GLUE validation (408), the paper's convention. "
             "Pool = msr_paraphrase_train.txt minus dev_ids.tsv (3,668 pairs, as the Hugging Face "
@@ -139,6 +147,8 @@ TASKS: dict[str, TaskSpec] = {
         fixed_seeds=FIXED_SEEDS,
         pool_kind="partial",
         default_split_source="pool",
+        test_size=9824,
+        pool_size=9999,
         notes=(
             "Test = official SNLI test minus its 176 unlabelled pairs (9,824). The train pool is a "
             "partial real subset (9,999 of the ~550k train pairs), so seeded splits are drawn from a "
@@ -156,6 +166,8 @@ TASKS: dict[str, TaskSpec] = {
         fixed_seeds=FIXED_SEEDS,
         pool_kind="full",
         default_split_source="pool",
+        test_size=277,
+        pool_size=2490,
         notes="Test = GLUE validation (277), the paper's stand-in for the unlabelled GLUE test. Pool = full GLUE train (2,490).",
     ),
 }

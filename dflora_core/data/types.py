@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: How the files behind a split or test set were checked when read, strongest first: size and md5
+#: against the data root's MANIFEST.json; row counts equal to the task's declared sizes (a root
+#: without a manifest); nothing to check against (no manifest and no declared size).
+VERIFICATION_LEVELS: tuple[str, ...] = ("manifest", "row counts", "unverified")
+
 
 @dataclass(frozen=True)
 class Example:
@@ -33,6 +38,10 @@ class TaskSpec:
     pool_kind: str  # "full", "partial" or "none": the train pool for seeded sampling
     default_split_source: str  # "pool" or "fixed": how few-shot splits are made by default
     notes: str = ""  # caveats shown next to every result on this task
+    # declared sizes, checked when a data root has no manifest (data/fewshot.py): examples in the
+    # test set, and rows read from the pool files before cleaning (None: not declared)
+    test_size: int | None = None
+    pool_size: int | None = None
 
 
 @dataclass
@@ -46,6 +55,7 @@ class FewShotSplit:
     train: list[Example]
     dev: list[Example]
     origin: str = ""  # the files they came from
+    verification: str = "unverified"  # how its files were checked: see VERIFICATION_LEVELS
 
 
 @dataclass
@@ -62,3 +72,4 @@ class TestSet:
     origin: str = ""
     notes: str = ""
     extra: dict = field(default_factory=dict)
+    verification: str = "unverified"  # how its files were checked: see VERIFICATION_LEVELS

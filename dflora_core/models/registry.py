@@ -64,6 +64,22 @@ def _load_folder(folder: Path, gguf_file: str | None = None, masked: bool | None
     return model.eval(), tok
 
 
+_PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def _check_weights(folder: Path) -> None:
+    """Refuse a folder without safetensors weights before transformers sees it: pickle weights
+    (``pytorch_model.bin``) can run code when loaded, so they are never read."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for pattern in _PICKLE_WEIGHTS for p in folder.glob(pattern))
+    found = f"it has only pickle weights ({', '.join(pickles[:3])})" if pickles else "it has no weights"
+    raise ModelError(
+        f"model {folder}: {found}; dflora loads only safetensors or GGUF weights, since pickle files can "
+        "run code when loaded: convert them to model.safetensors or pass a .gguf file"
+    )
+
+
 def _packaged(spec: packaged.PackagedGGUF):
     def build():
         folder = packaged.cached_folder(spec)
@@ -224,6 +240,7 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "auto") -> LoadedModel:
             model, tok = _load_folder(path.parent, gguf_file=path.name, masked=False)
             identity = {"source": str(path), "gguf_size": path.stat().st_size}
         elif (path / "config.json").is_file():
+            _check_weights(path)
             model, tok = _load_folder(path)
             identity = {
                 "source": str(path),

@@ -183,6 +183,9 @@ class VerbalizerHead:
             if head is not None and getattr(head, "bias", None) is not None and bias is None:
                 bias = head.bias
         self.bias = None if (bias is None or zero_lm_bias) else bias[ids]
+        # the model's own output scaling, applied as its forward applies it: Granite divides the
+        # logits by ``logits_scaling``, Gemma 2/3 soft-cap them (tests/test_heads.py checks every ARCHS type)
+        self.logits_scaling = getattr(model.config, "logits_scaling", None)
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.transform = self._masked_transform(model) if self.family == "masked" else None
 
@@ -194,6 +197,8 @@ class VerbalizerHead:
             return lambda x: h.layer_norm(F.gelu(h.dense(x)))
         if hasattr(model, "cls") and hasattr(model.cls, "predictions"):  # BERT-style
             return model.cls.predictions.transform
+        if hasattr(model, "generator_predictions"):  # ELECTRA generator: dense, gelu, LayerNorm
+            return model.generator_predictions
         raise ConfigError("model", f"unsupported masked-LM head {type(model).__name__}")
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -202,6 +207,8 @@ class VerbalizerHead:
         logits = F.linear(
             hidden, self.weight.to(hidden.dtype), None if self.bias is None else self.bias.to(hidden.dtype)
         )
+        if self.logits_scaling:
+            logits = logits / self.logits_scaling
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
