@@ -1,6 +1,7 @@
 """The benchmark harness on tiny models: rows, fields, fidelity of the exact strategies (no timed assertions)."""
 
 import json
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -99,7 +100,8 @@ def test_table_and_unknown_strategy(tmp_path, capsys):
     capsys.readouterr()
     assert main(["bench", "table", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "| tiny-llama | reference |" in text and "prefix-reuse" in text
+    # which row is the fastest depends on the machine's load; the table marks it, the rows are there either way
+    assert re.search(r"\| tiny-llama \| reference( \(fastest faithful\))? \|", text) and "prefix-reuse" in text
     assert main(["bench", "speed", "--model", "tiny-llama", "--device", "cpu", "--strategies", "warp-drive"]) == 2
 
 
