@@ -32,6 +32,8 @@ BUDGET_MATCHES = ("forward", "compute")
 ZO_PARAMS = ("lora", "all")
 PROMPT_INITS = ("vocab", "zeros")
 CALIBRATIONS = ("auto", "none", "cc", "bias", "threshold")
+SCALE_CALIBRATIONS = ("none", "output", "fitness")
+SCHEDULES = ("round-robin", "bandit")
 Target = Literal[TARGET_LETTERS]
 
 
@@ -69,6 +71,12 @@ class LowRankConfig:
     ri_std: float = 0.002  # the "ri" init's fixed std (set near the ril scale of SmolLM2's layers)
     clip_rounds: int = 5  # 3-sigma clipping rounds of the hidden-state statistic
     clip_sigma: float = 3.0  # clip at mean +- 3 std (docs/design.md §1)
+    # per-layer projection scales from the model (docs/method.md, "Calibrated scales"): "none" = RIL as is;
+    # "output" = each layer's first random step moves its q/k outputs by a share within calibration_range;
+    # "fitness" = calibration_factors x RIL tried per layer on an antithetic pair, the best improvement kept
+    scale_calibration: Literal[SCALE_CALIBRATIONS] = "none"
+    calibration_range: tuple[float, ...] = (0.03, 0.3)  # output: relative output change kept within [low, high]
+    calibration_factors: tuple[float, ...] = (0.1, 1.0, 10.0)  # fitness: multipliers of the RIL scale tried (2 calls each)
 
 
 @dataclass
@@ -90,6 +98,11 @@ class SearchConfig:
     patience: int | None = None  # stop after this many calls without dev improvement (paper's timing table: 1500)
     checkpoint_every: int = 5  # generations between checkpoints (a checkpoint costs ~ms)
     prefix_reuse: bool = True  # compute layers below the optimised one once per generation
+    schedule: Literal[SCHEDULES] = "round-robin"  # which layer gets the next generation (search/schedule.py)
+    generations_per_visit: int = 1  # round-robin: generations a layer gets per visit (1 = as released)
+    bandit_exploration: float = 0.5  # bandit: weight of the exploration bonus against the recent gain per call
+    calibrated_logits: bool = False  # search on logits + a label bias refitted on train after each accepted update
+    test_at: tuple[int, ...] = ()  # also score the dev-selected snapshot on test at these calls (not charged)
 
 
 @dataclass
@@ -372,6 +385,12 @@ def check_fields(cfg: RunConfig, num_layers: int | None = None) -> RunConfig:
     _check(lr.clip_rounds >= 0, "lowrank.clip_rounds", "must be >= 0")
     _check(lr.clip_sigma > 0, "lowrank.clip_sigma", "must be > 0")
     _check_layers("lowrank.layers", lr.layers, num_layers)
+    lo_hi = lr.calibration_range
+    _check(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1], "lowrank.calibration_range", f"need 0 < low <= high, got {lo_hi}")
+    _check(len(lr.calibration_factors) >= 1 and all(f > 0 and math.isfinite(f) for f in lr.calibration_factors),
+           "lowrank.calibration_factors", f"need positive multipliers, got {lr.calibration_factors}")  # fmt: skip
+    _check(lr.scale_calibration == "none" or lr.projection_init != "ri", "lowrank.scale_calibration",
+           "calibrates the hidden-state based inits (ril, released), not ri's fixed std")  # fmt: skip
     op = cfg.optim
     _check(op.popsize >= 2, "optim.popsize", f"must be >= 2, got {op.popsize}")
     _check(op.sigma > 0 and math.isfinite(op.sigma), "optim.sigma", f"must be > 0, got {op.sigma}")
@@ -383,6 +402,9 @@ def check_fields(cfg: RunConfig, num_layers: int | None = None) -> RunConfig:
     _check(s.eval_every >= 1, "search.eval_every", f"must be >= 1, got {s.eval_every}")
     _check(s.patience is None or s.patience >= 1, "search.patience", "must be >= 1 or empty")
     _check(s.checkpoint_every >= 1, "search.checkpoint_every", "must be >= 1")
+    _check(s.generations_per_visit >= 1, "search.generations_per_visit", "must be >= 1")
+    _check(s.bandit_exploration >= 0, "search.bandit_exploration", "must be >= 0")
+    _check(all(c >= 1 for c in s.test_at), "search.test_at", f"calls must be >= 1, got {s.test_at}")
     b = cfg.baseline
     _check(b.lr is None or (b.lr > 0 and math.isfinite(b.lr)), "baseline.lr", f"must be > 0 or empty, got {b.lr}")
     _check(b.steps is None or b.steps >= 1, "baseline.steps", f"must be >= 1 or empty, got {b.steps}")

@@ -72,15 +72,36 @@ def _patchable(cfg: RunConfig, model_type: str | None) -> None:
         )
 
 
+def _check_search_options(cfg: RunConfig) -> None:
+    s = cfg.search
+    for name, on in (("search.schedule", s.schedule == "bandit"), ("search.calibrated_logits", s.calibrated_logits)):
+        if on and s.acceptance != "elitist":
+            raise ConfigError(name, "needs search.acceptance=elitist (it uses the exact fitness of the configuration)")
+
+
 def _check_layerwise(cfg: RunConfig, num_layers: int | None, model_type: str | None) -> None:
     _patchable(cfg, model_type)
+    _check_search_options(cfg)
     if num_layers is not None:
         layers = cfg.lowrank.layers
-        _one_round(cfg, num_layers if layers is None else len(layers), cfg.method)
+        adapted = num_layers if layers is None else len(layers)
+        _one_round(cfg, adapted, cfg.method)
+        if cfg.lowrank.scale_calibration == "fitness":
+            calibration = 2 * len(cfg.lowrank.calibration_factors) * adapted
+            if cfg.search.budget < calibration + cfg.optim.popsize * adapted:
+                raise ConfigError("search.budget", f"{cfg.search.budget} calls cannot pay the fitness calibration "
+                                  f"({calibration} calls) and one round ({cfg.optim.popsize * adapted})")  # fmt: skip
+
+
+def _check_prompt_search(cfg: RunConfig, num_layers: int | None, model_type: str | None) -> None:
+    _check_search_options(cfg)
+    if cfg.lowrank.scale_calibration != "none":
+        raise ConfigError("lowrank.scale_calibration", f"calibrates low-rank projections; {cfg.method} tunes prompts")
 
 
 def _check_bbtv2(cfg: RunConfig, num_layers: int | None, model_type: str | None) -> None:
     _patchable(cfg, model_type)
+    _check_prompt_search(cfg, num_layers, model_type)
     if num_layers is not None:
         layers = cfg.baseline.prompt_layers
         _one_round(cfg, num_layers if layers is None else len(layers), "bbtv2")
@@ -110,7 +131,7 @@ _SPECS = (
                searches=False),
     MethodSpec("bbt", "prompt", "baselines.prompt_tuning:run_prompt_tuning",
                "black-box tuning: 50 input prompt vectors from d = 500 via a random projection, CMA-ES", 3,
-               optimizer="cmaes"),
+               optimizer="cmaes", validate=_check_prompt_search),
     MethodSpec("bbtv2", "prompt", "baselines.prompt_tuning:run_prompt_tuning",
                "BBTv2: deep prompts at every layer, layer-wise CMA-ES with the hidden-state projection init", 4,
                optimizer="cmaes", validate=_check_bbtv2),

@@ -53,3 +53,21 @@ def losses(logits: torch.Tensor, labels: torch.Tensor, kind: str, metric: str = 
 
 
 LOSSES = ("ce", "hinge", "neg_metric")
+
+
+def fit_label_bias(logits: torch.Tensor, labels: torch.Tensor, iters: int = 200) -> torch.Tensor:
+    """The bias b (b_0 = 0) minimising mean CE of softmax(logits + b): convex, solved by L-BFGS."""
+    C = logits.shape[1]
+    free = torch.zeros(C - 1, dtype=torch.float64, requires_grad=True)
+    lg = logits.double()
+    opt = torch.optim.LBFGS([free], lr=1.0, max_iter=iters, line_search_fn="strong_wolfe", tolerance_grad=1e-10)
+
+    def closure():
+        opt.zero_grad()
+        b = torch.cat([torch.zeros(1, dtype=torch.float64), free])
+        loss = F.cross_entropy(lg + b, labels) + 1e-6 * (free**2).sum()  # tiny ridge: finite b if separable
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return torch.cat([torch.zeros(1, dtype=torch.float64), free.detach()]).float()

@@ -15,8 +15,9 @@ Two schemes, recorded in every run (``RunConfig.seed_scheme``):
 - **2** (collision-free): ``SeedSequence(seed, spawn_key=(stream code, number of indices,
   *indices))``; every (stream, indices) pair gets its own entropy, and 64 bits of it.
 
-The few-shot split and the test subsample use the seed itself in both schemes: they are the
-data of the protocol (the paper's seeds 13, 21, 42, 87, 100), not derived streams.
+Streams added after scheme 1 was fixed have no historical derivation: they use scheme 2's in
+both schemes. The few-shot split and the test subsample use the seed itself in both schemes:
+they are the data of the protocol (the paper's seeds 13, 21, 42, 87, 100), not derived streams.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ STREAMS: dict[str, int] = {
     "noopt_draws": 8,  # (): the random intrinsic vectors of the no-optimisation arm
     "lora_init": 9,  # (): PEFT's LoRA initialisation (gradient and zeroth-order baselines)
     "projection_study": 10,  # (): notebook 02's random steps
+    "scale_calibration": 20,  # (adapted layer,): the trial steps of the projection-scale calibration
 }
 
 
@@ -83,9 +85,9 @@ def _sequence(seed: int, stream: str, indices: tuple[int, ...]) -> np.random.See
 def derive(seed: int, stream: str, *indices: int, scheme: int = DEFAULT_SCHEME) -> int:
     """An integer seed for ``stream`` (and its indices), e.g. ``derive(42, "optimizer", 3)``."""
     _check(stream, scheme)
-    if scheme == 1:
-        if stream not in _SCHEME1_INT:
-            raise KeyError(f"stream {stream!r} is a generator stream in scheme 1: use generator()")
+    if scheme == 1 and stream in _SCHEME1_RNG:
+        raise KeyError(f"stream {stream!r} is a generator stream in scheme 1: use generator()")
+    if scheme == 1 and stream in _SCHEME1_INT:
         return _SCHEME1_INT[stream](int(seed), *indices)
     return int(_sequence(seed, stream, indices).generate_state(1, dtype=np.uint64)[0] % 2**63)
 
@@ -93,8 +95,8 @@ def derive(seed: int, stream: str, *indices: int, scheme: int = DEFAULT_SCHEME) 
 def generator(seed: int, stream: str, *indices: int, scheme: int = DEFAULT_SCHEME) -> np.random.Generator:
     """A numpy Generator for ``stream``, independent of every other stream in scheme 2."""
     _check(stream, scheme)
-    if scheme == 1:
-        if stream in _SCHEME1_RNG:
-            return _SCHEME1_RNG[stream](int(seed), *indices)
+    if scheme == 1 and stream in _SCHEME1_RNG:
+        return _SCHEME1_RNG[stream](int(seed), *indices)
+    if scheme == 1 and stream in _SCHEME1_INT:
         return np.random.default_rng(_SCHEME1_INT[stream](int(seed), *indices))
-    return np.random.default_rng(_sequence(seed, stream, indices))
+    return np.random.default_rng(_sequence(seed, stream, indices))  # and streams newer than scheme 1

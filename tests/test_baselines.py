@@ -260,7 +260,8 @@ def test_forward_gradient_equals_autograd_directional_derivative(exp_of, model, 
 
 # -- building blocks ---------------------------------------------------------------------------------
 def test_calibration_biases():
-    from dflora_core.baselines.calibrated import ce_bias, threshold_bias
+    from dflora_core.baselines.calibrated import threshold_bias
+    from dflora_core.metrics import fit_label_bias as ce_bias
 
     gen = torch.Generator().manual_seed(0)
     labels = torch.tensor([0] * 20 + [1] * 20)

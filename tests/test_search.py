@@ -153,7 +153,7 @@ def test_resume_after_a_crash_inside_a_generation(tmp_path, loaded, monkeypatch)
     """A crash mid-generation loses at most the generations since the last periodic checkpoint."""
     c = cfg(**{"search.checkpoint_every": 3})
     ref = _final(run(c, out=tmp_path / "ref", loaded=loaded), tmp_path / "ref")
-    real = LayerwiseSearch.fitness
+    real = LayerwiseSearch._scored  # every fitness evaluation of the search goes through it
     calls = {"n": 0}
 
     def crash(self, layer, X):
@@ -162,10 +162,10 @@ def test_resume_after_a_crash_inside_a_generation(tmp_path, loaded, monkeypatch)
             raise RuntimeError("power cut")
         return real(self, layer, X)
 
-    monkeypatch.setattr(LayerwiseSearch, "fitness", crash)
+    monkeypatch.setattr(LayerwiseSearch, "_scored", crash)
     with pytest.raises(RuntimeError):
         run(c, out=tmp_path / "cut", loaded=loaded)
-    monkeypatch.setattr(LayerwiseSearch, "fitness", real)
+    monkeypatch.setattr(LayerwiseSearch, "_scored", real)
     got = _final(run(c, out=tmp_path / "cut", loaded=loaded, resume=True), tmp_path / "cut")
     assert got[:3] == ref[:3]
     np.testing.assert_array_equal(got[3], ref[3])

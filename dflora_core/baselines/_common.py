@@ -33,7 +33,7 @@ from ..experiment import Experiment
 from ..methods import RunContext
 from ..metrics import losses
 from ..models.scoring import EncodedSet, autocast
-from ..search.selection import DevSelection
+from ..search.selection import DevSelection, TestCheckpoints
 from ..seeds import generator
 
 # per step and per example of the batch: (forward passes, backward passes, jvp passes)
@@ -191,6 +191,7 @@ def run_steps(method: StepMethod, exp: Experiment, ctx: RunContext) -> dict:
     rng = generator(cfg.seed, "step_order", scheme=cfg.seed_scheme)
     numel = sum(p.numel() for p in method.params.values())
     selection = DevSelection(cfg.search.patience)
+    tests = TestCheckpoints(cfg.search.test_at)
     state = {
         "step": 0,
         "calls": 0.0,
@@ -209,6 +210,7 @@ def run_steps(method: StepMethod, exp: Experiment, ctx: RunContext) -> dict:
         rng.bit_generator.state = ckpt["rng"]
         state, best = ckpt["state"], ckpt["best"]
         selection.load_state_dict(ckpt["selection"])
+        tests.load_state_dict(ckpt["tests"])
     on_eval = ctx.callback("on_eval")
 
     def evaluate_dev() -> None:
@@ -222,13 +224,23 @@ def run_steps(method: StepMethod, exp: Experiment, ctx: RunContext) -> dict:
         if on_eval is not None:
             on_eval(method, row)
 
+    def test_snapshot(target: int) -> None:
+        """Accuracy against calls: the dev-selected state's test metric now (not charged)."""
+        current = snapshot(method.params)
+        if best is not None:
+            restore(method.params, best)
+        method.refresh()
+        tests.record(target, state["calls"], selection.best, exp.evaluate(exp.test_set).as_dict())
+        restore(method.params, current)
+        method.refresh()
+
     def save() -> None:
         if ctx.path is None or numel > CHECKPOINT_MAX_NUMEL:
             return
         ctx.save_checkpoint({
             "kind": "steps", "plan": plan.as_dict(), "params": snapshot(method.params), "opt": method.opt_state(),
             "rows": (method.forward_rows, method.backward_rows, method.jvp_rows), "rng": rng.bit_generator.state,
-            "state": copy.deepcopy(state), "best": best, "selection": selection.state_dict(),
+            "state": copy.deepcopy(state), "best": best, "selection": selection.state_dict(), "tests": tests.state_dict(),
         })  # fmt: skip
 
     from tqdm.auto import tqdm
@@ -264,6 +276,8 @@ def run_steps(method: StepMethod, exp: Experiment, ctx: RunContext) -> dict:
                     evaluate_dev()
                     evaluated = True
                     save()
+            for target in tests.due(state["calls"]):
+                test_snapshot(target)
             if selection.out_of_patience(state["calls"]):
                 break
         if not selection.curve or selection.curve[-1]["step"] != state["step"]:
@@ -274,6 +288,8 @@ def run_steps(method: StepMethod, exp: Experiment, ctx: RunContext) -> dict:
     if best is not None:
         restore(method.params, best)
     method.refresh()
+    for target in tests.rest():  # beyond the calls the budget could pay: the final selection
+        tests.record(target, state["calls"], selection.best, exp.evaluate(exp.test_set).as_dict())
     ctx.write_json("dev_curve.json", selection.curve)
     ctx.write_json("history.json", state["history"])
     stopped = "budget" if state["step"] >= plan.steps else "patience"
@@ -292,6 +308,7 @@ def run_steps(method: StepMethod, exp: Experiment, ctx: RunContext) -> dict:
         "fitness_seconds": state["seconds"],
         "final_train_loss": state["history"][-1]["loss"] if state["history"] else None,
         "dev_curve": selection.curve,
+        "test_curve": tests.rows,
     }
 
 

@@ -21,27 +21,9 @@ import torch.nn.functional as F
 
 from ..experiment import Experiment
 from ..methods import RunContext
-from ..metrics import metric_value
+from ..metrics import fit_label_bias, metric_value
 
 CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. 2021, as plain text (never the model's own mask token)
-
-
-def ce_bias(logits: torch.Tensor, labels: torch.Tensor, iters: int = 200) -> torch.Tensor:
-    """The bias b (b_0 = 0) minimising mean CE of softmax(logits + b): convex, solved by L-BFGS."""
-    C = logits.shape[1]
-    free = torch.zeros(C - 1, dtype=torch.float64, requires_grad=True)
-    lg = logits.double()
-    opt = torch.optim.LBFGS([free], lr=1.0, max_iter=iters, line_search_fn="strong_wolfe", tolerance_grad=1e-10)
-
-    def closure():
-        opt.zero_grad()
-        b = torch.cat([torch.zeros(1, dtype=torch.float64), free])
-        loss = F.cross_entropy(lg + b, labels) + 1e-6 * (free**2).sum()  # tiny ridge: finite b if separable
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return torch.cat([torch.zeros(1, dtype=torch.float64), free.detach()]).float()
 
 
 def _acc(logits: torch.Tensor, labels: torch.Tensor, b: torch.Tensor) -> float:
@@ -54,7 +36,7 @@ def _ce(logits: torch.Tensor, labels: torch.Tensor, b: torch.Tensor) -> float:
 
 def threshold_bias(logits: torch.Tensor, labels: torch.Tensor, sweeps: int = 3) -> torch.Tensor:
     """The bias maximising train accuracy (ties: lower train CE), by exact 1-D searches per class."""
-    b = ce_bias(logits, labels)
+    b = fit_label_bias(logits, labels)
     C = logits.shape[1]
     for _ in range(sweeps):
         changed = False
@@ -103,7 +85,7 @@ def run_calibrated(exp: Experiment, ctx: RunContext) -> dict:
     fits = {
         "none": torch.zeros(C),
         "cc": cf_bias,
-        "bias": ce_bias(train_lg, ytr),
+        "bias": fit_label_bias(train_lg, ytr),
         "threshold": threshold_bias(train_lg, ytr),
     }
     if choice != "auto":

@@ -111,6 +111,12 @@ class IntrinsicProjection:
     def num_layers(self) -> int:
         return len(self.layers)
 
+    def rescale(self, layer: int, factor: float) -> None:
+        """Multiply a layer's std_hat (hence its hidden-state based maps) by ``factor`` (scale calibration)."""
+        self.layer_std[layer] *= factor
+        self._cache.pop(layer, None)
+        self._check_scales()
+
     def ril_std(self, layer: int) -> float:
         return self.alpha * self.layer_std[layer] / (math.sqrt(self.d) * self.sigma)
 

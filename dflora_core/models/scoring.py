@@ -188,6 +188,7 @@ class VerbalizerHead:
         self.logits_scaling = getattr(model.config, "logits_scaling", None)
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.transform = self._masked_transform(model) if self.family == "masked" else None
+        self.label_bias: torch.Tensor | None = None  # added to the final class logits (calibrated search)
 
     @staticmethod
     def _masked_transform(model):
@@ -211,6 +212,8 @@ class VerbalizerHead:
             logits = logits / self.logits_scaling
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
+        if self.label_bias is not None:
+            logits = logits + self.label_bias.to(logits.device, logits.dtype)
         return logits
 
 

@@ -33,10 +33,12 @@ from ..lowrank.adapter import LayerAdapter
 from ..lowrank.build import build_adapter, measure_scales
 from ..lowrank.population import PopulationEvaluator
 from ..methods import RunContext, get
-from ..metrics import losses
+from ..metrics import fit_label_bias, losses
 from ..optim import make_optimizer
 from ..seeds import derive
-from .selection import DevSelection
+from . import calibration
+from .schedule import make_schedule
+from .selection import DevSelection, TestCheckpoints
 
 CHECKPOINT_VERSION = 2  # 2: code-free statefile (JSON + arrays), optimizer states replayed
 
@@ -100,6 +102,13 @@ class LayerwiseSearch:
         self.round = 0
         self.history: list[Generation] = []
         self.selection = DevSelection(cfg.search.patience)
+        s = cfg.search
+        self.schedule = make_schedule(s.schedule, self.num_layers, s.generations_per_visit, s.bandit_exploration)
+        self.tests = TestCheckpoints(s.test_at)
+        self.label_bias = self.bias_best_dev = None  # calibrated logits: the train-fitted label bias
+        self.scale_calibration: dict | None = None
+        if lr.scale_calibration == "output" and hasattr(self.adapter, "projection"):
+            self.scale_calibration = calibration.output_rule(self)
         self.next_eval = cfg.search.eval_every
         self.nonfinite = 0
         self.fitness_seconds = 0.0
@@ -131,15 +140,35 @@ class LayerwiseSearch:
     # -- fitness -----------------------------------------------------------------------------
     def fitness(self, layer: int, X: np.ndarray) -> np.ndarray:
         """Fitness of candidates X [n, d] for ``layer``, other layers as they are; NaN/inf -> +inf."""
+        return self._scored(layer, X)[0]
+
+    def _scored(self, layer: int, X: np.ndarray):
         t0 = time.perf_counter()
         logits = self.evaluator.logits(layer, X)
-        f = losses(logits, self.train.labels, self.cfg.search.loss, self.exp.task.metric).double().numpy()
+        f = self._loss(logits)
         self.fitness_seconds += time.perf_counter() - t0
         bad = ~np.isfinite(f)
         if bad.any():
             self.nonfinite += int(bad.sum())
             f[bad] = np.inf  # the worst value: never accepted, ranked last by the optimizer
-        return f
+        return f, logits
+
+    def _loss(self, logits) -> np.ndarray:
+        return losses(logits, self.train.labels, self.cfg.search.loss, self.exp.task.metric).double().numpy()
+
+    def _refit_bias(self, logits) -> float:
+        """Calibrated logits: refit the label bias on the train logits of the configuration; its new fitness."""
+        delta = fit_label_bias(logits, self.train.labels)
+        self.label_bias = delta if self.label_bias is None else self.label_bias + delta
+        self.exp.head.label_bias = self.label_bias
+        return float(self._loss((logits + delta).unsqueeze(0))[0])
+
+    def reference_fitness(self) -> float:
+        """Fitness of the current configuration (elitist: known; else one call at z = 0 of layer 0)."""
+        if self.current_fitness is None:
+            self.calls += 1
+            return float(self.fitness(0, np.zeros((1, self.adapter.dim)))[0])
+        return self.current_fitness
 
     def _apply(self, layer: int) -> None:
         self.adapter.set_z(layer, self.z[layer])
@@ -160,8 +189,12 @@ class LayerwiseSearch:
     def start(self) -> None:
         """Score the starting point (z = 0) on train (elitist reference) and dev (selection)."""
         if self.current_fitness is None and self.cfg.search.acceptance == "elitist":
-            self.current_fitness = float(self.fitness(0, np.zeros((1, self.adapter.dim)))[0])
+            f, logits = self._scored(0, np.zeros((1, self.adapter.dim)))
             self.calls += 1
+            self.current_fitness = self._refit_bias(logits[0]) if self.cfg.search.calibrated_logits else float(f[0])
+        if self.cfg.lowrank.scale_calibration == "fitness" and self.scale_calibration is None:
+            self.scale_calibration = calibration.fitness_rule(self)
+            self.calls += self.scale_calibration["calls"]
         if self.best_dev is None and self.cfg.search.select_start:
             self.evaluate_dev()
 
@@ -171,7 +204,9 @@ class LayerwiseSearch:
             return None
         if not self._checked_reuse:
             self._check_prefix_reuse()
-        layer, opt = self.layer, self.optimizers[self.layer]
+        layer = self.layer = self.schedule.next_layer()
+        opt = self.optimizers[layer]
+        before = self.current_fitness
         self._consistent = False
         X = opt.ask()
         if self.calls + len(X) > self.budget:
@@ -179,10 +214,10 @@ class LayerwiseSearch:
             self._consistent = True
             return None
         t0 = time.perf_counter()
-        f = self.fitness(layer, X)
+        f, logits = self._scored(layer, X)
         opt.tell(X, f)
         self.calls += len(X)
-        accepted = self._accept(layer, X, f)
+        accepted = self._accept(layer, X, f, logits)
         finite = f[np.isfinite(f)]
         gen = Generation(
             generation=self.generation,
@@ -202,12 +237,14 @@ class LayerwiseSearch:
         )
         self.history.append(gen)
         self.generation += 1
-        self.layer += 1
-        if self.layer == self.num_layers:
-            self.layer, self.round = 0, self.round + 1
+        decrease = before - self.current_fitness if before is not None else 0.0
+        self.schedule.update(layer, decrease, len(X))
+        self.layer, self.round = self.schedule.next_layer(), self.schedule.round
         while self.calls >= self.next_eval:
             self.next_eval += self.cfg.search.eval_every
             self.evaluate_dev()
+        for target in self.tests.due(self.calls):
+            self.test_snapshot(target)
         self._consistent = True
         if self.on_generation:
             self.on_generation(self, gen)
@@ -215,13 +252,15 @@ class LayerwiseSearch:
             self.save_checkpoint()
         return gen
 
-    def _accept(self, layer: int, X: np.ndarray, f: np.ndarray) -> bool:
+    def _accept(self, layer: int, X: np.ndarray, f: np.ndarray, logits) -> bool:
         if self.cfg.search.acceptance == "elitist":
             i = int(np.argmin(f))
             if np.isfinite(f[i]) and f[i] < self.current_fitness:
                 self.z[layer] = X[i]
                 self.current_fitness = float(f[i])
                 self._apply(layer)
+                if self.cfg.search.calibrated_logits:
+                    self.current_fitness = self._refit_bias(logits[i])
                 return True
             return False
         best = np.asarray(self.optimizers[layer].best_x, dtype=float)
@@ -255,7 +294,7 @@ class LayerwiseSearch:
         res: EvalResult = self.exp.evaluate(self.exp.dev)
         row = {"calls": self.calls, "generation": self.generation, **res.as_dict(), "selected": False}
         if self.selection.offer(row):
-            self.z_best_dev = self.z.copy()
+            self.z_best_dev, self.bias_best_dev = self.z.copy(), self.label_bias
         if self.selection.out_of_patience(self.calls):
             self.stopped = "patience"
         if self.on_eval:
@@ -298,9 +337,18 @@ class LayerwiseSearch:
 
     def use_best_dev(self) -> None:
         self._apply_all(self.z_best_dev)
+        self.exp.head.label_bias = self.bias_best_dev
 
     def use_current(self) -> None:
         self._apply_all(self.z)
+        self.exp.head.label_bias = self.label_bias
+
+    def test_snapshot(self, target: int) -> dict:
+        """Test metric of the dev-selected snapshot now (accuracy against calls; not charged)."""
+        self.use_best_dev()
+        res = self.exp.evaluate(self.exp.test_set).as_dict()
+        self.use_current()
+        return self.tests.record(target, self.calls, self.best_dev, res)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -328,6 +376,11 @@ class LayerwiseSearch:
             "checked_reuse": self._checked_reuse,
             "wall_s": self.wall_s,
             "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "schedule": self.schedule.state_dict(),
+            "scale_calibration": self.scale_calibration,
+            "label_bias": self.label_bias,
+            "bias_best_dev": self.bias_best_dev,
+            "tests": self.tests.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -352,7 +405,13 @@ class LayerwiseSearch:
         self._t_start = time.perf_counter()
         for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
             opt.load_state_dict(s)
-        self._apply_all(self.z)
+        self.schedule.load_state_dict(state["schedule"])
+        self.tests.load_state_dict(state["tests"])
+        if self.cfg.lowrank.scale_calibration == "fitness" and state["scale_calibration"] is not None:
+            calibration.reapply(self, state["scale_calibration"])  # "output" was recomputed (deterministic)
+        self.scale_calibration = state["scale_calibration"]
+        self.label_bias, self.bias_best_dev = state["label_bias"], state["bias_best_dev"]
+        self.use_current()
 
     def save_checkpoint(self) -> None:
         if self.ctx.path is None:
@@ -362,5 +421,6 @@ class LayerwiseSearch:
         self.ctx.write_json("dev_curve.json", self.dev_curve)
 
     def close(self) -> None:
-        """Undo the adapter: the model is bit-identical to before the search."""
+        """Undo the adapter (the model is bit-identical to before the search) and the label bias."""
         self.adapter.remove()
+        self.exp.head.label_bias = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..config import from_dict
 from ..errors import DfloraError
@@ -46,6 +47,10 @@ def search_summary(search: LayerwiseSearch, test: dict | None, train_at_best: di
         "backward_passes": 0,
         "prefix_reuse": search.evaluator.reuse_prefix,
         "optimizer": search.optimizer_name,
+        "schedule": search.cfg.search.schedule,
+        "scale_calibration": search.scale_calibration,
+        "label_bias": None if search.bias_best_dev is None else search.bias_best_dev.tolist(),
+        "test_curve": search.tests.rows,
     }
 
 
@@ -62,11 +67,14 @@ def run_search(exp: Experiment, search: LayerwiseSearch, ctx: RunContext, test_e
     if start is not None:
         start(search)
     search.run()
+    for target in search.tests.rest():  # targets beyond the calls the budget could pay: the final state
+        search.test_snapshot(target)
     search.save_checkpoint()
     ctx.elapsed_before = search.elapsed_before
     search.use_best_dev()
     scored = test_exp or exp
-    test = scored.evaluate(scored.test_set).as_dict() if test_exp is not None or search.z_best_dev.any() else None
+    changed = test_exp is not None or search.z_best_dev.any() or search.bias_best_dev is not None
+    test = scored.evaluate(scored.test_set).as_dict() if changed else None
     return test, scored.evaluate(scored.train).as_dict()
 
 
@@ -74,7 +82,10 @@ def run_layerwise(exp: Experiment, ctx: RunContext) -> dict:
     search = LayerwiseSearch(exp, ctx, ctx.callback("on_generation"), ctx.callback("on_eval"))
     try:
         test, train_at_best = run_search(exp, search, ctx)
-        ctx.save_arrays(ADAPTER, z_best_dev=search.z_best_dev, z_final=search.z, layer_std=np.asarray(search.layer_std))
+        extra = {} if search.bias_best_dev is None else {"label_bias": search.bias_best_dev.numpy(),
+                                                         "label_bias_final": search.label_bias.numpy()}  # fmt: skip
+        ctx.save_arrays(ADAPTER, z_best_dev=search.z_best_dev, z_final=search.z, layer_std=np.asarray(search.layer_std),
+                        **extra)  # fmt: skip
         n = exp.cfg.lowrank.intrinsic_dim * search.num_layers
         return {
             **search_summary(search, test, train_at_best),
@@ -133,6 +144,8 @@ def load_adapted(
         if which not in arrays:
             raise DfloraError(f"{run_dir}/{ADAPTER} has no {which!r}; choose from {list(arrays)}")
         z = arrays[which]
+        key = "label_bias" if which == "z_best_dev" else "label_bias_final"
+        bias = arrays[key] if key in arrays else None
     cfg = from_dict(record["config"])
     exp = Experiment.prepare(cfg, loaded)
     info = record["projection"]
@@ -140,4 +153,6 @@ def load_adapted(
     adapter = build_adapter(exp.loaded, cfg.lowrank, info["seed"], info["sigma"], scales, info.get("seed_scheme", 1))
     for layer in range(adapter.num_layers):
         adapter.set_z(layer, z[layer])
+    if bias is not None:  # a calibrated search: its label bias belongs to the tuned model
+        exp.head.label_bias = torch.from_numpy(bias)
     return exp, adapter

@@ -36,3 +36,37 @@ class DevSelection:
 
     def load_state_dict(self, state: dict) -> None:
         self.curve, self.best = state["curve"], state["best"]
+
+
+class TestCheckpoints:
+    """Accuracy against calls: the test metric of the dev-selected state at given call counts.
+
+    Taken during the run (not charged, like dev evaluations), so a curve of test against calls
+    comes from the runs themselves; a point the run cannot reach is taken at its end.
+    """
+
+    def __init__(self, at=()):
+        self.pending = sorted(set(int(c) for c in at))
+        self.rows: list[dict] = []
+
+    def due(self, calls: float) -> list[int]:
+        """The targets reached by ``calls`` (removed from the pending ones)."""
+        reached = [c for c in self.pending if calls >= c]
+        self.pending = [c for c in self.pending if calls < c]
+        return reached
+
+    def rest(self) -> list[int]:
+        """Every target not reached (at the end of a run)."""
+        rest, self.pending = self.pending, []
+        return rest
+
+    def record(self, target: int, calls: float, best_dev: dict | None, test: dict) -> dict:
+        row = {"at": target, "calls": calls, "selected_at": (best_dev or {}).get("calls"), **test}
+        self.rows.append(row)
+        return row
+
+    def state_dict(self) -> dict:
+        return {"pending": list(self.pending), "rows": copy.deepcopy(self.rows)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pending, self.rows = list(state["pending"]), state["rows"]

@@ -16,9 +16,9 @@ import torch
 from ..config import RunConfig
 from ..experiment import Experiment
 from ..fileio import atomic_write_json, read_json
-from ..lowrank.build import build_projection, measure_scales, site_dims
+from ..lowrank.build import build_projection, measure_scales
 from ..lowrank.hidden_stats import SOURCES
-from ..lowrank.patching import LowRankPatch
+from ..lowrank.probe import ProjectionProbe
 from ..models.registry import load_model
 from ..seeds import generator
 from .plans import round_dim
@@ -155,52 +155,9 @@ class ProjectionStudy:
             self.stats[src], self.std_hat[src] = measure_scales(
                 self.loaded, self.exp.train, dataclasses.replace(lr, stat_source=src), self.exp.max_tokens
             )
-        patch = LowRankPatch(self.loaded.model, self.targets, None)
-        try:
-            self.model_layers = list(patch.model_layers)
-            self.dims = site_dims(patch)
-            self.W, self.X, self.Y = [], [], []
-            inputs: dict[int, list] = {}
-            max_rows = profile.projection.max_rows
-            mask_box: list = []
-            handles = []
-            wrappers = {}
-            for i, sites in enumerate(patch.sites):
-                for _t, site in sites.items():
-                    wrappers.setdefault(id(site.wrapper), (i, site.wrapper))
-            for wid, (_i, w) in wrappers.items():
-
-                def hook(_m, args, _wid=wid):
-                    x = args[0][mask_box[0].bool()]
-                    inputs.setdefault(_wid, []).append(x.detach().float())
-
-                handles.append(w.register_forward_pre_hook(hook))
-            with torch.no_grad():
-                for batch in self.exp.train.batches(self.exp.max_tokens, self.loaded.device):
-                    mask_box[:] = [batch.attention_mask]
-                    self.loaded.model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-            for h in handles:
-                h.remove()
-            gen = torch.Generator().manual_seed(0)
-            with torch.no_grad():
-                for sites in patch.sites:
-                    Ws, Xs, Ys = {}, {}, {}
-                    for t, site in sites.items():
-                        w = site.wrapper
-                        x = torch.cat(inputs[id(w)])
-                        if len(x) > max_rows:
-                            x = x[torch.randperm(len(x), generator=gen)[:max_rows]]
-                        eye = torch.eye(w.in_features, device=self.loaded.device)
-                        zero = torch.zeros(1, w.in_features, device=self.loaded.device)
-                        sel = w.selects[t]
-                        W = _select(w.base(eye) - w.base(zero), sel)
-                        Y = _select(w.base(x) - w.base(zero), sel)
-                        Ws[t], Xs[t], Ys[t] = W.cpu(), x.cpu(), Y.cpu()
-                    self.W.append(Ws)
-                    self.X.append(Xs)
-                    self.Y.append(Ys)
-        finally:
-            patch.remove()
+        self.probe = ProjectionProbe(self.loaded, self.exp.train, self.targets, None, profile.projection.max_rows,
+                                     self.exp.max_tokens)  # fmt: skip
+        self.model_layers, self.dims = self.probe.model_layers, self.probe.dims
 
     @property
     def num_layers(self) -> int:
@@ -238,12 +195,7 @@ class ProjectionStudy:
                 Z = rng.standard_normal((draws, d)) * sigma
                 factors = proj.factors(layer, Z)
                 for t, (A, B) in factors.items():
-                    # ||A B||_F^2 = tr((A^T A)(B B^T)): r x r products, never the [in, out] update
-                    gram = torch.bmm(A.transpose(1, 2), A) * torch.bmm(B, B.transpose(1, 2)).transpose(1, 2)
-                    dw_norm = gram.sum(dim=(1, 2)).clamp_min(0).sqrt()  # [draws]
-                    w_norm = float(self.W[layer][t].norm())
-                    dY = torch.matmul(torch.matmul(self.X[layer][t], A), B)  # [draws, n, out]
-                    y_norm = float(self.Y[layer][t].norm())
+                    weight_ratio, output_ratio = self.probe.ratios(layer, t, A, B)
                     rows.append(
                         {
                             "init": init,
@@ -256,8 +208,8 @@ class ProjectionStudy:
                             "rank": rank,
                             "A_std": float(A.std()),
                             "B_std": float(B.std()),
-                            "weight_ratio": float(dw_norm.mean()) / w_norm,
-                            "output_ratio": float(dY.flatten(1).norm(dim=1).mean()) / y_norm,
+                            "weight_ratio": weight_ratio,
+                            "output_ratio": output_ratio,
                         }
                     )
                 proj._cache.clear()
@@ -277,14 +229,6 @@ class ProjectionStudy:
             "std_hat": self.std_hat,
             "rows": rows,
         }
-
-
-def _select(y, sel):
-    if sel is None:
-        return y
-    if isinstance(sel, slice):
-        return y[..., sel]
-    return torch.index_select(y, -1, sel.to(y.device))
 
 
 def default_projection_settings(profile) -> list[dict]:
