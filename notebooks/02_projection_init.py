@@ -96,6 +96,22 @@ display(
 )
 
 # %% [markdown]
+# ## Calibrated scales (`lowrank.scale_calibration=output`)
+#
+# RIL leaves the bottom layers' first steps orders of magnitude smaller than the top layers'.
+# The search's "output" calibration rescales each adapted layer so that a first random step
+# moves its q/k outputs by a share inside `lowrank.calibration_range` (layers already inside are
+# left alone); the "fitness" calibration instead tries a few scales per layer on the train loss
+# (its choices are in each run's record, `scale_calibration`). Below: RIL and RIL calibrated.
+
+# %%
+calibrated = study.calibrated("ril")
+analyses.save_analysis(root, "projection_calibrated", calibrated)
+fig = plotting.projection_figure(calibrated)
+plotting.save(fig, figdir, "projection_calibrated", prof.figures.formats, prof.figures.dpi)
+display(fig)
+
+# %% [markdown]
 # ## Explore: sliders for $d$, $\sigma$, $\alpha$, $r$ (interactive only)
 #
 # Move $\sigma$ or $d$ with RIL: the curves do not move (they cancel). Move them with RI: they

@@ -30,7 +30,7 @@
 # | `table_optimizer`, `convergence_optimizer` | CMA-ES vs LoTFWA vs random search | |
 # | `convergence` | train fitness and dev metric against calls, main runs | |
 # | `main_comparison` | the main table as bars | |
-# | `hidden_state_stats`, `projection_scale` | notebooks 01 and 02 | |
+# | `hidden_state_stats`, `projection_scale`, `projection_calibrated` | notebooks 01 and 02 | |
 # | `table_<folder>`, `convergence_<folder>` | each comparison grid in the profile's `extra_roots` (`dflora compare` runs, e.g. the committed `results/` folders) | Table 1 |
 #
 # Figures are written as PDF and PNG with fixed metadata: the same records give the same bytes.
@@ -157,6 +157,9 @@ if stats:
 proj = analyses.load_analysis(root, "projection")
 if proj:
     save(plotting.projection_figure(proj), "projection_scale")
+calibrated = analyses.load_analysis(root, "projection_calibrated")
+if calibrated:
+    save(plotting.projection_figure(calibrated), "projection_calibrated")
 for m in prof.training.methods:
     p = [x for x in plans.training_plan(prof) if x.cfg.method == m][0]
     if p.key in idx:

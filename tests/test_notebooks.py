@@ -19,7 +19,7 @@ NOTEBOOKS = notebook_runner.notebook_sources()
 # what each notebook must write into the figures folder
 EXPECTED = {
     "01_hidden_state_statistics": ["hidden_state_stats.pdf", "hidden_state_stats.png"],
-    "02_projection_init": ["projection_scale.pdf", "projection_scale.png"],
+    "02_projection_init": ["projection_scale.pdf", "projection_scale.png", "projection_calibrated.png"],
     "03_training": ["training_c-lora.png", "training_f-lora.png", "table_training.md", "table_training.csv"],
     "04_ablations": [
         "table_main.md",

@@ -29,7 +29,14 @@ from ..seeds import generator
 DRAWS = 2  # random first steps averaged per layer by the output rule
 
 
-def _power(init: str, model_layer: int) -> int:
+def output_multiplier(before: float, low: float, high: float, power: int) -> float:
+    """The scale multiplier that moves a layer's output change ``before`` into [low, high]."""
+    if not power or not before > 0 or not math.isfinite(before):
+        return 1.0
+    return (min(max(before, low), high) / before) ** (1 / power)
+
+
+def power_of(init: str, model_layer: int) -> int:
     """How the output change grows with the scale multiplier (its exponent)."""
     if init == "ril":
         return 2
@@ -48,9 +55,8 @@ def output_rule(search) -> dict:
         Z = rng.standard_normal((DRAWS, proj.d)) * cfg.optim.sigma
         factors = proj.factors(layer, Z)
         before = float(np.mean([probe.ratios(layer, t, A, B)[1] for t, (A, B) in factors.items()]))
-        power = _power(proj.init, proj.model_layers[layer])
-        target = min(max(before, low), high)
-        multiplier = (target / before) ** (1 / power) if power and before > 0 and math.isfinite(before) else 1.0
+        power = power_of(proj.init, proj.model_layers[layer])
+        multiplier = output_multiplier(before, low, high, power)
         if multiplier != 1.0:
             proj.rescale(layer, multiplier)
         rows.append({"layer": layer, "model_layer": proj.model_layers[layer], "output_change_ril": before,

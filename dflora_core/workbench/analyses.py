@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..config import RunConfig
@@ -20,6 +21,7 @@ from ..lowrank.build import build_projection, measure_scales
 from ..lowrank.hidden_stats import SOURCES
 from ..lowrank.probe import ProjectionProbe
 from ..models.registry import load_model
+from ..search.calibration import output_multiplier, power_of
 from ..seeds import generator
 from .plans import round_dim
 
@@ -173,8 +175,13 @@ class ProjectionStudy:
         source: str | None = None,
         draws: int | None = None,
         ri_std: float | None = None,
+        multipliers: dict[int, float] | None = None,
+        label: str | None = None,
     ) -> list[dict]:
-        """Rows (layer, target, ratios averaged over draws) for one setting; None = the profile's value."""
+        """Rows (layer, target, ratios averaged over draws) for one setting; None = the profile's value.
+
+        ``multipliers`` rescale std_hat of some model layers (a scale calibration); ``label`` names the rows.
+        """
         lr, op = self.profile.base.lowrank, self.profile.base.optim
         d = lr.intrinsic_dim if d is None else int(d)
         d = round_dim(d, len(self.targets))
@@ -184,8 +191,11 @@ class ProjectionStudy:
         source = source or lr.stat_source
         draws = draws or self.profile.projection.draws
         ri_std = lr.ri_std if ri_std is None else float(ri_std)
+        scales = list(self.std_hat[source])
+        for m, factor in (multipliers or {}).items():
+            scales[m] *= factor
         proj = build_projection(
-            self.dims, self.model_layers, lr, self.seed, sigma, self.std_hat[source], "cpu", self.seed_scheme,
+            self.dims, self.model_layers, lr, self.seed, sigma, scales, "cpu", self.seed_scheme,
             rank=rank, intrinsic_dim=d, init=init, alpha=alpha, ri_std=ri_std,
         )  # fmt: skip
         rng = generator(self.seed, "projection_study", scheme=self.seed_scheme)
@@ -198,7 +208,7 @@ class ProjectionStudy:
                     weight_ratio, output_ratio = self.probe.ratios(layer, t, A, B)
                     rows.append(
                         {
-                            "init": init,
+                            "init": label or init,
                             "source": source,
                             "layer": self.model_layers[layer],
                             "target": t,
@@ -215,10 +225,25 @@ class ProjectionStudy:
                 proj._cache.clear()
         return rows
 
+    def calibrated(self, init: str = "ril", source: str | None = None, calibration_range=None) -> dict:
+        """The ``output`` scale calibration of the search (search/calibration.py) beside the plain init."""
+        low, high = calibration_range or self.profile.base.lowrank.calibration_range
+        plain = self.magnitudes(init, source=source)
+        multipliers = {}
+        for m in self.model_layers:
+            before = float(np.mean([r["output_ratio"] for r in plain if r["layer"] == m]))
+            multipliers[m] = output_multiplier(before, low, high, power_of(init, m))
+        label = f"{init}, calibrated into {low:g}-{high:g}"
+        rows = plain + self.magnitudes(init, source=source, multipliers=multipliers, label=label)
+        return {**self._describe(rows), "calibration_range": [low, high], "multipliers": multipliers}
+
     def study(self, settings: Iterable[dict]) -> dict:
         rows = []
         for s in settings:
             rows += self.magnitudes(**s)
+        return self._describe(rows)
+
+    def _describe(self, rows: list[dict]) -> dict:
         return {
             "kind": "projection",
             "profile": self.profile.name,
