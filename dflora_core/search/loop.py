@@ -96,6 +96,7 @@ class LayerwiseSearch:
         self.z = np.zeros((self.num_layers, d))
         self.z_best_dev = self.z.copy()
         self.current_fitness: float | None = None
+        self.start_fitness: float | None = None  # the configuration's train loss at z = 0
         self.calls = 0
         self.generation = 0
         self.layer = 0
@@ -192,6 +193,7 @@ class LayerwiseSearch:
             f, logits = self._scored(0, np.zeros((1, self.adapter.dim)))
             self.calls += 1
             self.current_fitness = self._refit_bias(logits[0]) if self.cfg.search.calibrated_logits else float(f[0])
+            self.start_fitness = self.current_fitness
         if self.cfg.lowrank.scale_calibration == "fitness" and self.scale_calibration is None:
             self.scale_calibration = calibration.fitness_rule(self)
             self.calls += self.scale_calibration["calls"]
@@ -359,6 +361,7 @@ class LayerwiseSearch:
             "z": self.z.copy(),
             "z_best_dev": self.z_best_dev.copy(),
             "current_fitness": self.current_fitness,
+            "start_fitness": self.start_fitness,
             "calls": self.calls,
             "generation": self.generation,
             "layer": self.layer,
@@ -390,7 +393,7 @@ class LayerwiseSearch:
             raise DfloraError("checkpoint: the hidden-state statistics differ (different model or data?)")
         self.z = np.array(state["z"])
         self.z_best_dev = np.array(state["z_best_dev"])
-        self.current_fitness = state["current_fitness"]
+        self.current_fitness, self.start_fitness = state["current_fitness"], state["start_fitness"]
         self.calls, self.generation = state["calls"], state["generation"]
         self.layer, self.round = state["layer"], state["round"]
         self.history = [Generation(**g) for g in state["history"]]

@@ -39,6 +39,7 @@ def search_summary(search: LayerwiseSearch, test: dict | None, train_at_best: di
         "stopped": search.stopped or "budget",
         "best_dev": search.best_dev,
         "selected_start": bool(not search.z_best_dev.any()),
+        "start_fitness": search.start_fitness,
         "final_train_fitness": search.current_fitness,
         "nonfinite_fitness": search.nonfinite,
         "evals_per_s": search.calls / search.fitness_seconds if search.fitness_seconds else None,

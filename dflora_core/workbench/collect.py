@@ -130,3 +130,19 @@ def run_curves(record: RunRecord) -> tuple[list[dict], list[dict]]:
     hist = Path(folder) / "history.json"
     dev = Path(folder) / "dev_curve.json"
     return (read_json(hist) if hist.is_file() else []), (read_json(dev) if dev.is_file() else [])
+
+
+def layer_gains(record: RunRecord) -> list[dict]:
+    """Per generation layer of a layer-wise run: the calls it spent and the decrease of the
+    configuration's train loss it bought (summed over the run's generations at that layer)."""
+    history, _ = run_curves(record)
+    out: dict[int, dict] = {}
+    previous = record.get("start_fitness")  # the configuration at z = 0
+    for g in history:
+        cur = g.get("config_fitness")
+        row = out.setdefault(g["layer"], {"layer": g["layer"], "calls": 0, "decrease": 0.0})
+        row["calls"] += g["n"]
+        if previous is not None and cur is not None:
+            row["decrease"] += previous - cur
+        previous = cur if cur is not None else previous
+    return list(out.values())

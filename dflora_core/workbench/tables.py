@@ -71,9 +71,14 @@ def flat_row(rec) -> dict[str, Any]:
 
 
 def frame(records: Iterable[dict]):
+    """One row per record; ``arm`` is the record's label (``tags.label``) or else its method."""
     import pandas as pd
 
-    return pd.DataFrame([flat_row(r) for r in records])
+    df = pd.DataFrame([flat_row(r) for r in records])
+    if not df.empty:
+        labels = df["label"] if "label" in df else pd.Series([None] * len(df))
+        df["arm"] = [lab if isinstance(lab, str) and lab else m for lab, m in zip(labels, df["method"], strict=True)]
+    return df
 
 
 def mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
@@ -302,3 +307,55 @@ def comparison_table(records, method_names: Sequence[str] | None = None, tasks: 
         zs.append(mean_std(df[(df["task"] == t)].drop_duplicates("seed")["zero_shot"].tolist()))
     table.index.name = "method"
     return table, counts, pd.Series(zs, index=tasks, name="zero-shot")
+
+
+def options_table(records, reference: str = "default"):
+    """Arms x tasks: test mean (std), and the paired differences to ``reference`` in dev and test
+    (mean [95% CI] seeds won, points), the decision rule of docs/method.md ("A default only on evidence")."""
+    import pandas as pd
+
+    from .paired import fmt_points, paired
+
+    df = frame(records)
+    if df.empty:
+        return pd.DataFrame()
+    rows = []
+    for arm in dict.fromkeys(df["arm"]):
+        row = {"arm": arm}
+        dev, test = paired(df, arm, reference, "best_dev"), paired(df, arm, reference, "test")
+        for task in dict.fromkeys(df["task"]):
+            g = df[(df["arm"] == arm) & (df["task"] == task)]
+            row[f"{task} test"] = mean_std(g["test"].tolist()) if len(g) else "-"
+            if arm != reference:
+                row[f"{task} Δdev"] = fmt_points(dev[task]) if task in dev else "-"
+                row[f"{task} Δtest"] = fmt_points(test[task]) if task in test else "-"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("arm").fillna("")
+
+
+def layer_table(gains: dict[str, list[dict]], groups: int = 3):
+    """Where the calls went: per arm, the train-loss decrease per call of each third of the layers
+    (x 1e4), their share of the calls and of the decrease; ``gains``: arm -> rows of ``collect.layer_gains``."""
+    import pandas as pd
+
+    rows = []
+    for arm, per_run in gains.items():
+        if not per_run:
+            continue
+        layers = sorted({r["layer"] for r in per_run})
+        size = math.ceil(len(layers) / groups)
+        row = {"arm": arm}
+        total_calls = sum(r["calls"] for r in per_run) or 1
+        total_drop = sum(r["decrease"] for r in per_run) or float("nan")
+        for g in range(groups):
+            members = set(layers[g * size : (g + 1) * size])
+            if not members:
+                continue
+            sel = [r for r in per_run if r["layer"] in members]
+            calls, drop = sum(r["calls"] for r in sel), sum(r["decrease"] for r in sel)
+            name = f"layers {min(members)}-{max(members)}"
+            row[f"{name}: decrease/call x1e4"] = _round(drop / calls * 1e4 if calls else float("nan"), 2)
+            row[f"{name}: calls"] = f"{100 * calls / total_calls:.0f}%"
+            row[f"{name}: decrease"] = f"{100 * drop / total_drop:.0f}%" if math.isfinite(total_drop) else "-"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("arm") if rows else pd.DataFrame()

@@ -1,0 +1,60 @@
+"""Paired comparisons over seeds: is one arm better than another, and by how much?
+
+With three to five seeds and a 32-example dev set, a table of means and standard deviations
+cannot say whether one method beats another. Runs of two arms on the same task and seed share
+the split, the prompts and the test set, so their difference is paired: the mean difference
+over seeds, its standard error, a 95% confidence interval from Student's t with n - 1 degrees
+of freedom, and the number of seeds where the arm wins.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+# two-sided 95% quantiles of Student's t, by degrees of freedom (standard tables); beyond 30: normal
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042)  # fmt: skip
+Z975 = 1.960
+
+
+def t975(dof: int) -> float:
+    return T975[dof - 1] if dof <= len(T975) else Z975
+
+
+def summarize(diffs: Sequence[float]) -> dict:
+    """Mean, standard error, 95% t interval and wins of paired differences (an arm minus the reference)."""
+    n = len(diffs)
+    if n == 0:
+        return {"n": 0, "mean": None, "se": None, "ci_low": None, "ci_high": None, "wins": 0}
+    mean = sum(diffs) / n
+    if n == 1:
+        return {"n": 1, "mean": mean, "se": None, "ci_low": None, "ci_high": None, "wins": int(diffs[0] > 0)}
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    se = sd / math.sqrt(n)
+    half = t975(n - 1) * se
+    return {"n": n, "mean": mean, "se": se, "ci_low": mean - half, "ci_high": mean + half,
+            "wins": sum(d > 0 for d in diffs)}  # fmt: skip
+
+
+def paired(df, arm: str, reference: str, value: str = "test", by: str = "arm", pair: Sequence[str] = ("task", "seed")):
+    """Per task: ``summarize`` of ``value`` (arm minus reference), over the pairs both arms ran."""
+    a = df[df[by] == arm].set_index(list(pair))[value]
+    r = df[df[by] == reference].set_index(list(pair))[value]
+    common = a.index.intersection(r.index)
+    out = {}
+    for task in dict.fromkeys(k[0] for k in common):
+        keys = [k for k in common if k[0] == task]
+        out[task] = summarize([float(a[k]) - float(r[k]) for k in keys if a[k] is not None and r[k] is not None])
+    return out
+
+
+def fmt_points(s: dict, scale: float = 100.0) -> str:
+    """'+1.2 [-0.4, +2.8] 4/5': mean difference (points), 95% interval, seeds won."""
+    if not s["n"]:
+        return "-"
+    text = f"{s['mean'] * scale:+.1f}"
+    if s["ci_low"] is not None:
+        text += f" [{s['ci_low'] * scale:+.1f}, {s['ci_high'] * scale:+.1f}]"
+    return f"{text} {s['wins']}/{s['n']}"
