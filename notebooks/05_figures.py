@@ -123,12 +123,24 @@ save(
 
 # %%
 for name, recs in collect.comparison_roots(prof):
-    grid, _counts, zero_shot = tables.comparison_table(recs, tables.method_order(r["method"] for r in recs))
+    grid, _counts, zero_shot = tables.comparison_table(recs)
     zs = ", ".join(f"{t} {v}" for t, v in zero_shot.items())
     table(grid, f"table_{name}", f"Comparison grid {name}: test metric x 100, mean (std) over seeds; zero-shot {zs}")
     dfo = [r for r in recs if methods.is_layerwise_lora(r["method"])]
     if dfo:
         save(plotting.convergence_figure(dfo, prof.name, f"convergence: {name}"), f"convergence_{name}")
+    if any(r.get("test_curve") for r in recs):  # runs that took the test metric against calls
+        save(plotting.calls_figure(recs, prof.name, f"test metric against calls: {name}"), f"calls_{name}")
+    labelled = [r for r in dfo if (r.get("tags") or {}).get("label")]
+    if any((r.get("tags") or {}).get("label") == "default" for r in labelled):  # options of one method
+        caption = (f"Options of {name}: test x 100 mean (std); paired differences to 'default' "
+                   "(points, mean [95% t interval] seeds won)")  # fmt: skip
+        table(tables.options_table(labelled), f"table_{name}_paired", caption)
+        gains = {}
+        for r in labelled:
+            gains.setdefault(r["tags"]["label"], []).extend(collect.layer_gains(r))
+        table(tables.layer_table(gains), f"table_{name}_layers",
+              f"Where the calls went ({name}): train-loss decrease per call, calls and decrease by layer third")
 
 # %% [markdown]
 # ## Ablations (Figures 3, 4 and Tables 4, 6)

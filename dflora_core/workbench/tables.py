@@ -277,16 +277,19 @@ def _mean(values) -> float | None:
 
 
 def comparison_table(records, method_names: Sequence[str] | None = None, tasks: Sequence[str] | None = None):
-    """(table, counts): methods x tasks 'mean (std)' of the test metric (x100), plus the cost columns."""
+    """(table, counts): arms x tasks 'mean (std)' of the test metric (x100), plus the cost columns.
+
+    An arm is a method, or a labelled variant of one (``tags.label``, e.g. a search option).
+    """
     import pandas as pd
 
     df = frame(records)
-    names = list(method_names or dict.fromkeys(df["method"]))
+    names = list(method_names or method_order(df["arm"]))
     tasks = list(tasks or dict.fromkeys(df["task"]))
-    table, counts = pivot(df, "method", "task", "test", row_order=names, col_order=tasks)
+    table, counts = pivot(df, "arm", "task", "test", row_order=names, col_order=tasks)
     avg, cols = [], {}
     for m in names:
-        rows = df[df["method"] == m]
+        rows = df[df["arm"] == m]
         per_task = [_mean(rows[rows["task"] == t]["test"].tolist()) for t in tasks]
         avg.append(f"{100 * sum(per_task) / len(per_task):.1f}" if all(p is not None for p in per_task) else "-")
         cols.setdefault("#Params", []).append(_fmt_int(rows["params_optimised"].tolist()))

@@ -1,0 +1,66 @@
+"""Paired statistics over seeds, the options table and the accuracy-against-calls figure."""
+
+import math
+
+import pytest
+
+from dflora_core.workbench import paired, tables
+
+
+def rec(label, task, seed, test, dev, method="c-lora", curve=None):
+    return {"method": method, "task": task, "seed": seed, "tags": {"label": label},
+            "test": {"value": test, "metric": "accuracy"}, "best_dev": {"value": dev},
+            "test_curve": curve or []}  # fmt: skip
+
+
+def test_a_known_paired_difference_gives_its_mean_interval_and_wins():
+    s = paired.summarize([0.02, 0.04, 0.00, 0.06, 0.03])
+    assert s["n"] == 5 and s["mean"] == pytest.approx(0.03) and s["wins"] == 4
+    sd = math.sqrt(sum((d - 0.03) ** 2 for d in [0.02, 0.04, 0.0, 0.06, 0.03]) / 4)
+    assert s["se"] == pytest.approx(sd / math.sqrt(5))
+    assert s["ci_low"] == pytest.approx(0.03 - 2.776 * s["se"]) and s["ci_high"] == pytest.approx(0.03 + 2.776 * s["se"])
+    assert paired.fmt_points(s) == f"+3.0 [{100 * s['ci_low']:+.1f}, {100 * s['ci_high']:+.1f}] 4/5"
+    one = paired.summarize([0.1])
+    assert one["se"] is None and paired.fmt_points(one) == "+10.0 1/1"
+    assert paired.t975(1) == 12.706 and paired.t975(100) == 1.96
+
+
+def test_pairs_are_matched_by_task_and_seed_only_where_both_arms_ran():
+    recs = [rec("default", "sst2", s, 0.6 + 0.01 * s, 0.5) for s in (1, 2, 3)]
+    recs += [rec("bandit", "sst2", s, 0.65 + 0.01 * s, 0.55) for s in (1, 2)]  # seed 3 missing
+    df = tables.frame(recs)
+    out = paired.paired(df, "bandit", "default")
+    assert out["sst2"]["n"] == 2 and out["sst2"]["mean"] == pytest.approx(0.05) and out["sst2"]["wins"] == 2
+    table = tables.options_table(recs)
+    assert list(table.index) == ["default", "bandit"]
+    assert table.loc["bandit", "sst2 Δtest"].startswith("+5.0 [") and table.loc["bandit", "sst2 Δtest"].endswith("2/2")
+    assert table.loc["bandit", "sst2 Δdev"].startswith("+5.0")
+
+
+def test_a_labelled_grid_gets_one_row_per_arm_and_an_unlabelled_one_per_method():
+    recs = [rec("default", "sst2", 1, 0.6, 0.5), rec("bandit", "sst2", 1, 0.7, 0.5)]
+    for r in recs:
+        r.update(calls=600, forward_passes=1, params_optimised=1, params_stored=1, wall_s=1.0, peak_mem_bytes=1,
+                 zero_shot={"value": 0.5})  # fmt: skip
+    grid, _, _ = tables.comparison_table(recs)
+    assert set(grid.index) == {"default", "bandit"}
+    for r in recs:
+        r["tags"] = {}
+    grid, _, _ = tables.comparison_table(recs)
+    assert list(grid.index) == ["c-lora"]
+
+
+def test_the_calls_figure_has_one_curve_per_arm():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from dflora_core.workbench import plotting
+
+    curve = [{"at": 120, "value": 0.6}, {"at": 600, "value": 0.7}]
+    recs = [rec(lab, "sst2", s, 0.7, 0.6, curve=curve) for lab in ("default", "bandit") for s in (1, 2)]
+    from dflora_core.config import RunConfig
+
+    for r in recs:
+        r["config"] = RunConfig().to_dict()
+    fig = plotting.calls_figure(recs, "test")
+    assert len(fig.axes[0].containers) == 2  # two error-bar series
