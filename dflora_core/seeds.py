@@ -40,7 +40,12 @@ STREAMS: dict[str, int] = {
     "noopt_draws": 8,  # (): the random intrinsic vectors of the no-optimisation arm
     "lora_init": 9,  # (): PEFT's LoRA initialisation (gradient and zeroth-order baselines)
     "projection_study": 10,  # (): notebook 02's random steps
+    "es_members": 11,  # (step, member): es-full's Gaussian perturbation of one population member
+    "zo_mask": 12,  # (): the tie-breaking order of the sparse zeroth-order mask (equal magnitudes)
 }
+# streams added after the committed results: scheme 1 has no historical derivation for them,
+# so both schemes use the collision-free one
+_NEW_STREAMS = ("es_members", "zo_mask")
 
 
 def _ss_int(entropy: list[int], dtype=np.uint32, mod: int | None = None) -> int:
@@ -83,7 +88,7 @@ def _sequence(seed: int, stream: str, indices: tuple[int, ...]) -> np.random.See
 def derive(seed: int, stream: str, *indices: int, scheme: int = DEFAULT_SCHEME) -> int:
     """An integer seed for ``stream`` (and its indices), e.g. ``derive(42, "optimizer", 3)``."""
     _check(stream, scheme)
-    if scheme == 1:
+    if scheme == 1 and stream not in _NEW_STREAMS:
         if stream not in _SCHEME1_INT:
             raise KeyError(f"stream {stream!r} is a generator stream in scheme 1: use generator()")
         return _SCHEME1_INT[stream](int(seed), *indices)
@@ -93,7 +98,7 @@ def derive(seed: int, stream: str, *indices: int, scheme: int = DEFAULT_SCHEME) 
 def generator(seed: int, stream: str, *indices: int, scheme: int = DEFAULT_SCHEME) -> np.random.Generator:
     """A numpy Generator for ``stream``, independent of every other stream in scheme 2."""
     _check(stream, scheme)
-    if scheme == 1:
+    if scheme == 1 and stream not in _NEW_STREAMS:
         if stream in _SCHEME1_RNG:
             return _SCHEME1_RNG[stream](int(seed), *indices)
         return np.random.default_rng(_SCHEME1_INT[stream](int(seed), *indices))
