@@ -6,6 +6,7 @@ grid's runs, ``GridBar``) and a run's thread count. docs/scale-out.md.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -147,6 +148,13 @@ class Report:
             self.failures.append(Failure(run, error))
             self.bar.write(self.failures[-1].line())
         self.bar.finish(run.describe(), ok=error is None)
+
+
+def run_environment() -> dict[str, str]:
+    """The environment of a run's process (a local one, a local Ray instance's workers): waiting OpenMP threads
+    sleep instead of spinning, as in the notebook kernels (notebook_runner: on a shared 2-core machine spinning
+    threads made SmolLM2 ~5x slower with 2 threads; passive waiting costs nothing when a run is alone)."""
+    return {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 
 
 def run_threads(cfg: RunConfig, cores: float) -> int:

@@ -28,7 +28,17 @@ from pathlib import Path
 from ..config import RunConfig, from_dict
 from ..errors import DfloraError
 from ..results.record import RunFolder
-from .backend_base import LOG, BackendSpec, Failure, GridBar, Pending, Report, check_backend, run_threads
+from .backend_base import (
+    LOG,
+    BackendSpec,
+    Failure,
+    GridBar,
+    Pending,
+    Report,
+    check_backend,
+    run_environment,
+    run_threads,
+)
 from .grid import find_run, run_grid
 
 
@@ -107,7 +117,9 @@ def _spawn(run: Pending, root: Path, threads: int) -> subprocess.Popen:
     run.folder.mkdir(parents=True, exist_ok=True)
     with open(run.folder / LOG, "ab") as log:  # the child keeps its own descriptor
         cmd = [sys.executable, "-c", _CHILD, json.dumps(run.payload(root, threads))]
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=run_environment()
+        )
 
 
 def _exit_error(log: Path, code: int) -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 from ..errors import DfloraError
 from ..fileio import atomic_write_bytes
 from ..results.record import RECORD, RunFolder
-from .backend_base import LOG, BackendSpec, Pending, Report, run_threads
+from .backend_base import LOG, BackendSpec, Pending, Report, run_environment, run_threads
 from .grid import run_dir, run_grid
 
 # set before Ray is first imported: no usage report; a local instance on the loopback address only
@@ -43,8 +43,8 @@ PROBE = ".dflora-probe-"  # + a token: a worker that reads it sees the driver's 
 
 def import_ray(local: bool):
     os.environ.update(USAGE_ENV)
-    if local:
-        os.environ.update(LOCAL_ENV)
+    if local:  # the instance's workers inherit this environment
+        os.environ.update({**run_environment(), **LOCAL_ENV})
     try:
         import ray
     except ImportError:
