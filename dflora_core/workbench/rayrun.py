@@ -38,6 +38,7 @@ from .grid import run_dir, run_grid
 USAGE_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
 LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 OBJECT_STORE_BYTES = 256 * 2**20  # a run's files are kilobytes to a few MB; Ray's default takes 30% of memory
+START_ATTEMPTS = 3  # Ray gives its raylet 30 s to register: not always enough on a loaded 2-core machine (measured)
 PROBE = ".dflora-probe-"  # + a token: a worker that reads it sees the driver's root
 
 
@@ -63,10 +64,18 @@ def connect(spec: BackendSpec):
         return ray, True
     import torch
 
-    ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), num_gpus=torch.cuda.device_count(),
-             include_dashboard=False, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
-             object_store_memory=OBJECT_STORE_BYTES, **quiet)  # fmt: skip
-    return ray, True
+    attempt = 0
+    while True:
+        try:
+            ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), num_gpus=torch.cuda.device_count(),
+                     include_dashboard=False, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
+                     object_store_memory=OBJECT_STORE_BYTES, **quiet)  # fmt: skip
+            return ray, True
+        except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception when its node starts too slowly
+            ray.shutdown()  # what did start
+            attempt += 1
+            if "timed out during startup" not in str(err) or attempt == START_ATTEMPTS:
+                raise DfloraError(f"the local Ray instance did not start: {str(err).splitlines()[0]}") from None
 
 
 def _cpus(spec: BackendSpec, run: Pending) -> float:
