@@ -149,6 +149,7 @@ class RunConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     progress: bool = True  # tqdm progress bar
+    threads: int = 0  # torch CPU threads of the run; 0 = all cores (torch's default)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -376,6 +377,7 @@ def check_fields(cfg: RunConfig, num_layers: int | None = None) -> RunConfig:
     _check(cfg.data.max_test is None or cfg.data.max_test >= 1, "data.max_test", "must be >= 1 or empty")
     _check(cfg.data.max_length >= 16, "data.max_length", f"must be >= 16, got {cfg.data.max_length}")
     _check(cfg.model.max_tokens >= 0, "model.max_tokens", "must be >= 0 (0 = default)")
+    _check(cfg.threads >= 0, "threads", f"must be >= 0 (0 = all cores), got {cfg.threads}")
     lr = cfg.lowrank
     _check(lr.rank >= 1, "lowrank.rank", f"must be >= 1, got {lr.rank}")
     _check(lr.intrinsic_dim >= 1, "lowrank.intrinsic_dim", f"must be >= 1, got {lr.intrinsic_dim}")
