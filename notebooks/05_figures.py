@@ -131,6 +131,9 @@ for name, recs in collect.comparison_roots(prof):
         save(plotting.convergence_figure(dfo, prof.name, f"convergence: {name}"), f"convergence_{name}")
     if any(r.get("test_curve") for r in recs):  # runs that took the test metric against calls
         save(plotting.calls_figure(recs, prof.name, f"test metric against calls: {name}"), f"calls_{name}")
+    if any("scheme" in (r.get("tags") or {}) for r in recs):  # the zeroth-order benchmark's memory table
+        table(tables.memory_table(recs), f"table_{name}_memory",
+              f"{name}: methods x fine-tuning schemes, test x 100 mean (std) / largest peak memory")
     labelled = [r for r in dfo if (r.get("tags") or {}).get("label")]
     if any((r.get("tags") or {}).get("label") == "default" for r in labelled):  # options of one method
         caption = (f"Options of {name}: test x 100 mean (std); paired differences to 'default' "

@@ -64,3 +64,22 @@ def test_the_calls_figure_has_one_curve_per_arm():
         r["config"] = RunConfig().to_dict()
     fig = plotting.calls_figure(recs, "test")
     assert len(fig.axes[0].containers) == 2  # two error-bar series
+
+
+def test_the_memory_table_has_methods_by_schemes_with_accuracy_and_peak_memory():
+    def zo(label, method, scheme, seed, test, mem):
+        r = rec(label, "sst2", seed, test, 0.5, method=method)
+        r["tags"]["scheme"], r["peak_mem_bytes"] = scheme, mem
+        return r
+
+    recs = [zo("zo-sgd", "zo-sgd", "lora", s, 0.6, 2**30) for s in (1, 2)]
+    recs += [zo("zo-sgd prefix", "zo-sgd", "prefix", s, 0.7, 2**31) for s in (1, 2)]
+    recs += [zo("zo-sgd block", "zo-sgd", "lora", s, 0.8, 2**30) for s in (1, 2)]
+    recs += [zo("es-full", "es-full", "all", 1, 0.5, 2**32)]
+    table = tables.memory_table(recs)
+    assert list(table.index) == ["zo-sgd", "zo-sgd block", "es-full"]
+    assert table.loc["zo-sgd", "lora"] == "60.0 (0.0) / 1 GiB"
+    assert table.loc["zo-sgd", "prefix"] == "70.0 (0.0) / 2 GiB"
+    assert table.loc["zo-sgd block", "lora"].startswith("80.0") and table.loc["zo-sgd block", "prefix"] == ""
+    assert table.loc["es-full", "all"].endswith("[1 seed]")
+    assert tables.memory_table([rec("default", "sst2", 1, 0.6, 0.5)]).empty  # no schemes: no table

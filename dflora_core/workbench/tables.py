@@ -362,3 +362,27 @@ def layer_table(gains: dict[str, list[dict]], groups: int = 3):
             row[f"{name}: decrease"] = f"{100 * drop / total_drop:.0f}%" if math.isfinite(total_drop) else "-"
         rows.append(row)
     return pd.DataFrame(rows).set_index("arm") if rows else pd.DataFrame()
+
+
+def memory_table(records):
+    """The zeroth-order benchmark's memory table (Zhang et al. 2024): methods x fine-tuning schemes
+    (``tags.scheme``), each cell 'test mean (std) / largest peak memory', seeds counted where < the most."""
+    import pandas as pd
+
+    df = frame(records)
+    if df.empty or "scheme" not in df:
+        return pd.DataFrame()
+    df = df[df["scheme"].notna()]
+    most = df.groupby(["arm", "task"])["seed"].nunique().max()
+    cells: dict[str, dict[str, str]] = {}
+    for (method, scheme), g in df.groupby(["method", "scheme"], sort=False):
+        for arm, a in g.groupby("arm", sort=False):  # an enhancement of a scheme: its own row
+            row = method if arm in (method, f"{method} {scheme}") else arm
+            mem = a["peak_mem_bytes"].dropna()
+            n = a["seed"].nunique()
+            seeds = f" [{n} seed{'s' if n > 1 else ''}]" if n < most else ""
+            cells.setdefault(row, {})[scheme] = (f"{mean_std(a['test'].tolist())} / "
+                                                 f"{human_bytes(float(mem.max())) if len(mem) else '-'}{seeds}")  # fmt: skip
+    out = pd.DataFrame.from_dict(cells, orient="index").fillna("")
+    out.index.name = "method"
+    return out

@@ -1,0 +1,84 @@
+"""The measurements of issue 15 (the zeroth-order family and the newer derivative-free peers), as a
+resumable grid of labelled runs beside C-LoRA, F-LoRA, MeZO and calibrated zero-shot.
+
+    python benchmarks/grids/zo_family.py --root results/zo-family [--arms a,b] [--seeds 13,42] [--dry-run]
+
+Protocol (stated next to every table): SmolLM2-135M, SST-2, 300 calls for every method (a call
+is one forward pass over the 32 train examples; ``budget_match=calls``), the stratified
+300-sentence test subsample (seed 0), seeds 13, 42, 100. The layer-wise methods adapt the top 6
+layers (300 calls = 2.5 rounds; 30 layers would not afford one round of 20 candidates). ``es-full``
+perturbs all 135M weights (about a minute per 30-member step on 2 CPU cores), so it runs one
+seed (``ONE_SEED``) and its row says so (``tags.seeds_note``). Every run is labelled with its arm in
+``tags.label`` and its fine-tuning scheme in ``tags.scheme``; ``workbench.tables.comparison_table``
+and ``memory_table`` render them (notebook 05). Seed-major: after k seeds every arm has k seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from dflora_core.config import RunConfig
+from dflora_core.experiment import Experiment
+from dflora_core.workbench.grid import run_grid
+
+BASE = {
+    "model.name": "smollm2", "model.device": "cpu", "data.task": "sst2", "search.budget": 300,
+    "search.eval_every": 60, "data.max_test": 300, "progress": False, "threads": 1,
+}  # fmt: skip
+TOP6 = {"lowrank.layers": [-6, -5, -4, -3, -2, -1]}
+# label -> (method, scheme, overrides). Peers first (the reference rows), then the new methods.
+ARMS: dict[str, tuple[str, str, dict]] = {
+    "zeroshot-calibrated": ("zeroshot-calibrated", "-", {}),
+    "c-lora": ("c-lora", "lora", TOP6),
+    "f-lora": ("f-lora", "lora", TOP6),
+    "zo-sgd": ("zo-sgd", "lora", {}),
+    "zo-sgd-mmt": ("zo-sgd-mmt", "lora", {}),
+    "zo-sgd-cons": ("zo-sgd-cons", "lora", {}),
+    "c-lora-diag": ("c-lora-diag", "lora", TOP6),
+    "ng-lora": ("ng-lora", "lora", TOP6),
+    "zo-sgd prefix": ("zo-sgd", "prefix", {"baseline.zo_params": "prefix"}),
+    "zo-sgd prompt": ("zo-sgd", "prompt", {"baseline.zo_params": "prompt"}),
+    "zo-sgd all": ("zo-sgd", "all", {"baseline.zo_params": "all"}),
+    "zo-sgd block": ("zo-sgd", "lora", {"baseline.zo_block": True}),
+    "zo-sgd hybrid": ("zo-sgd", "lora", {"baseline.zo_hybrid_layers": 2}),
+    "zo-sgd sparse": ("zo-sgd", "lora", {"baseline.zo_sparsity": 0.75}),
+    "es-full": ("es-full", "all", {}),
+}
+SEEDS = (13, 42, 100)
+ONE_SEED = {"es-full"}  # CPU cost: one seed only, marked in the table
+
+
+def plan(arms: dict[str, tuple[str, str, dict]], seeds=SEEDS) -> list[tuple[RunConfig, dict]]:
+    base = RunConfig().replace(**BASE)
+    out = []
+    for i, seed in enumerate(seeds):
+        for label, (method, scheme, over) in arms.items():
+            if label in ONE_SEED and i > 0:
+                continue
+            tags = {"label": label, "scheme": scheme, "arm_of": "issue 15"}
+            if label in ONE_SEED:
+                tags["seeds_note"] = "1 seed (CPU cost)"
+            out.append((base.replace(**{"method": method, "seed": seed, **over}), tags))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", default="results/zo-family")
+    ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated labels")
+    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    ap.add_argument("--dry-run", action="store_true", help="list the runs, run nothing")
+    args = ap.parse_args()
+    runs = plan({k: ARMS[k] for k in args.arms.split(",")}, tuple(int(s) for s in args.seeds.split(",")))
+    for cfg, _ in runs:  # every arm's configuration is checked before the first run starts
+        Experiment.check(cfg)
+    if args.dry_run:
+        for cfg, tags in runs:
+            print(tags["label"], cfg.method, cfg.seed)
+        return
+    for cfg, tags in runs:  # one at a time: a record lands as soon as its run is done
+        run_grid([cfg], args.root, [tags])
+
+
+if __name__ == "__main__":
+    main()
