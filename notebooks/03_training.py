@@ -92,7 +92,7 @@ sessions = {
 
 # %%
 first = list(sessions)[0]
-sessions[first].show()
+sessions[first].show();  # `;` keeps the cell to its figure and controls
 
 # %%
 # finishes the budget (live), then the final test score of the best-dev snapshot
