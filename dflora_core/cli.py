@@ -23,6 +23,7 @@ RUN_FLAGS: dict[str, str] = {
     "--budget": "search.budget",
     "--popsize": "optim.popsize",
     "--sigma": "optim.sigma",
+    "--optimizer": "optim.name",
     "--rank": "lowrank.rank",
     "--intrinsic-dim": "lowrank.intrinsic_dim",
     "--alpha": "lowrank.alpha",

@@ -29,7 +29,7 @@ DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 SPLIT_SOURCES = ("auto", "pool", "fixed")
 ACCEPTANCES = ("elitist", "released")
 BUDGET_MATCHES = ("forward", "compute")
-ZO_PARAMS = ("lora", "all")
+ZO_PARAMS = ("lora", "all", "prefix", "prompt")
 PROMPT_INITS = ("vocab", "zeros")
 CALIBRATIONS = ("auto", "none", "cc", "bias", "threshold")
 SCALE_CALIBRATIONS = ("none", "output", "fitness")
@@ -86,6 +86,7 @@ class OptimConfig:
     bounds: float | None = None  # optional box [-b, b] on z (LoTFWA re-samples out-of-bound sparks)
     fireworks: int | None = None  # LoTFWA fireworks; None = the optimizer's documented default
     sparks: int | None = None  # LoTFWA sparks per firework; None = derived from popsize
+    name: str = ""  # per-layer optimizer of a layer-wise search: "" = the method's own; cmaes, cmaes-diag, lotfwa, fwa, random, or ng:NAME (a nevergrad optimizer, e.g. ng:NGOpt, ng:DiagonalCMA)
 
 
 @dataclass
@@ -117,8 +118,14 @@ class BaselineConfig:
     lora_rank: int = 8  # gradient LoRA: rank 8, alpha 16 on q,v (LoRA paper defaults)
     lora_alpha: float = 16.0  # LoRA paper default (scaling alpha / r = 2)
     lora_targets: tuple[Target, ...] = ("q", "v")  # LoRA paper default (the DFO methods adapt q,k instead)
-    zo_params: Literal[ZO_PARAMS] = "lora"  # zeroth-order / forward-gradient methods tune "lora" (as the lora method) or "all"
+    zo_params: Literal[ZO_PARAMS] = "lora"  # zeroth-order / forward-gradient methods tune "lora" (as the lora method), "all", "prefix" (deep prompts) or "prompt" (input prompt)
     zo_eps: float | None = None  # perturbation scale; None = MeZO's: 1e-2 on LoRA, 1e-3 on all parameters
+    zo_momentum: float = 0.9  # zo-sgd-mmt: heavy-ball momentum on the ZO estimate (the usual SGD momentum)
+    zo_block: bool = False  # block-wise ZO (ZO-Bench): perturb one layer's tensors per step, bottom to top (a lower-variance estimate)
+    zo_hybrid_layers: int = 0  # hybrid ZO/FO (ZO-Bench): the top K layers' tensors by backprop (cheap, shallow), the rest by ZO; 0 = off
+    zo_sparsity: float = 0.0  # sparsity-induced ZO (ZO-Bench): this fraction of each tensor, smallest magnitude first, is never perturbed
+    es_population: int = 30  # es-full: perturbed members per step (Qiu et al. 2025: 30)
+    es_sigma: float = 1e-3  # es-full: std of each member's Gaussian weight perturbation (Qiu et al. 2025: ~1e-3)
     prompt_tokens: int = 50  # BBT/BBTv2: 50 prompt vectors (Sun et al. 2022)
     prompt_dim: int = 500  # BBT/BBTv2 intrinsic dimension d per layer (Sun et al. 2022)
     prompt_alpha: float = 1.0  # prompt projection std = alpha std_hat / (sqrt(d) sigma); 1 as in BBT/BBTv2 code
@@ -142,6 +149,7 @@ class RunConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     progress: bool = True  # tqdm progress bar
+    threads: int = 0  # torch CPU threads of the run; 0 = all cores (torch's default)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -372,6 +380,7 @@ def check_fields(cfg: RunConfig, num_layers: int | None = None) -> RunConfig:
     _check(cfg.data.max_test is None or cfg.data.max_test >= 1, "data.max_test", "must be >= 1 or empty")
     _check(cfg.data.max_length >= 16, "data.max_length", f"must be >= 16, got {cfg.data.max_length}")
     _check(cfg.model.max_tokens >= 0, "model.max_tokens", "must be >= 0 (0 = default)")
+    _check(cfg.threads >= 0, "threads", f"must be >= 0 (0 = all cores), got {cfg.threads}")
     lr = cfg.lowrank
     _check(lr.rank >= 1, "lowrank.rank", f"must be >= 1, got {lr.rank}")
     _check(lr.intrinsic_dim >= 1, "lowrank.intrinsic_dim", f"must be >= 1, got {lr.intrinsic_dim}")
@@ -400,6 +409,10 @@ def check_fields(cfg: RunConfig, num_layers: int | None = None) -> RunConfig:
     _check(op.bounds is None or op.bounds > 0, "optim.bounds", "must be > 0 or empty")
     _check(op.fireworks is None or op.fireworks >= 1, "optim.fireworks", "must be >= 1")
     _check(op.sparks is None or op.sparks >= 2, "optim.sparks", "must be >= 2")
+    if op.name:
+        from .optim import resolve_name
+
+        resolve_name(op.name, field="optim.name")  # imports nevergrad only for an ng: name
     s = cfg.search
     _check(s.budget >= 1, "search.budget", f"must be >= 1, got {s.budget}")
     _check(s.eval_every >= 1, "search.eval_every", f"must be >= 1, got {s.eval_every}")
@@ -418,6 +431,14 @@ def check_fields(cfg: RunConfig, num_layers: int | None = None) -> RunConfig:
     _check(len(b.lora_targets) >= 1, "baseline.lora_targets", f"name at least one of {', '.join(TARGET_LETTERS)}")
     _check(len(set(b.lora_targets)) == len(b.lora_targets), "baseline.lora_targets", "repeated target")
     _check(b.zo_eps is None or b.zo_eps > 0, "baseline.zo_eps", f"must be > 0 or empty, got {b.zo_eps}")
+    _check(0 <= b.zo_momentum < 1, "baseline.zo_momentum", f"must be in [0, 1), got {b.zo_momentum}")
+    _check(b.zo_hybrid_layers >= 0, "baseline.zo_hybrid_layers", f"must be >= 0 (0 = off), got {b.zo_hybrid_layers}")
+    if num_layers is not None:
+        _check(b.zo_hybrid_layers < num_layers, "baseline.zo_hybrid_layers",
+               f"{b.zo_hybrid_layers} layers by gradient leave none of the model's {num_layers} to zeroth order")  # fmt: skip
+    _check(0 <= b.zo_sparsity < 1, "baseline.zo_sparsity", f"must be in [0, 1) (0 = dense), got {b.zo_sparsity}")
+    _check(b.es_population >= 2, "baseline.es_population", f"must be >= 2, got {b.es_population}")
+    _check(b.es_sigma > 0 and math.isfinite(b.es_sigma), "baseline.es_sigma", f"must be > 0, got {b.es_sigma}")
     _check(b.prompt_tokens >= 1, "baseline.prompt_tokens", f"must be >= 1, got {b.prompt_tokens}")
     _check(b.prompt_dim >= 1, "baseline.prompt_dim", f"must be >= 1, got {b.prompt_dim}")
     _check(b.prompt_alpha > 0 and math.isfinite(b.prompt_alpha), "baseline.prompt_alpha", "must be > 0")

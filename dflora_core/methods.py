@@ -111,12 +111,43 @@ def _check_patchable(cfg: RunConfig, num_layers: int | None, model_type: str | N
     _patchable(cfg, model_type)
 
 
+def _check_zo(cfg: RunConfig, num_layers: int | None, model_type: str | None) -> None:
+    """The ZO family's options together (each field alone: config.check_fields)."""
+    b = cfg.baseline
+    if b.zo_params in ("prefix", "prompt") or b.zo_block or b.zo_hybrid_layers:
+        _patchable(cfg, model_type)  # the layer list of the architecture table
+    if cfg.method == "es-full":
+        for name, off in (("zo_params", b.zo_params in ("lora", "all")), ("zo_block", not b.zo_block),
+                          ("zo_hybrid_layers", not b.zo_hybrid_layers), ("zo_sparsity", not b.zo_sparsity)):
+            if not off:
+                raise ConfigError(f"baseline.{name}", "es-full perturbs every weight at once (Qiu et al. 2025); "
+                                  "its options are baseline.es_population, es_sigma and lr")  # fmt: skip
+        return
+    if not b.zo_hybrid_layers:
+        return
+    if cfg.method == "forward-grad":
+        raise ConfigError("baseline.zo_hybrid_layers", "forward-grad has an exact directional derivative already; "
+                          "hybrid ZO/FO applies to the two-point methods (zo-sgd ...)")  # fmt: skip
+    if cfg.search.loss == "neg_metric":
+        raise ConfigError("search.loss", "hybrid ZO/FO backpropagates through the top layers: ce or hinge")
+    layers = 1 if b.zo_params == "prompt" else (num_layers if b.zo_params != "prefix" or b.prompt_layers is None
+                                                  else len(b.prompt_layers))  # fmt: skip
+    if layers is not None and b.zo_hybrid_layers >= layers:
+        raise ConfigError("baseline.zo_hybrid_layers", f"{b.zo_hybrid_layers} layers by gradient leave none of the "
+                          f"{layers} layer(s) of zo_params {b.zo_params} to zeroth order")  # fmt: skip
+
+
+def _check_optimizer(cfg: RunConfig, spec: MethodSpec) -> None:
+    if cfg.optim.name and spec.optimizer is None:
+        raise ConfigError("optim.name", f"{cfg.method} has no per-layer optimizer (the layer-wise methods have one)")
+
+
 def _dfo(name: str, optimizer: str, description: str, order: int = 100) -> MethodSpec:
     return MethodSpec(name, "dfo-lora", "search.method:run_layerwise", description, order, optimizer, _check_layerwise)
 
 
-def _zo(name: str, runner: str, description: str, differentiable: bool = False) -> MethodSpec:
-    return MethodSpec(name, "zeroth-order", f"baselines.zeroth_order:{runner}", description,
+def _zo(name: str, runner: str, description: str, differentiable: bool = False, module: str = "zeroth_order"):
+    return MethodSpec(name, "zeroth-order", f"baselines.{module}:{runner}", description, validate=_check_zo,
                       differentiable=differentiable)  # fmt: skip
 
 
@@ -144,6 +175,10 @@ _SPECS = (
     _dfo("f-lora", "lotfwa", "layer-wise derivative-free LoRA with lotfwa (the paper's F-LoRA)", 8),
     _dfo("rs-lora", "random", "layer-wise derivative-free LoRA with random search (control arm)", 9),
     _dfo("fwa-lora", "fwa", "layer-wise derivative-free LoRA with a single firework, no tournament (control arm)"),
+    _dfo("c-lora-diag", "cmaes-diag", "layer-wise derivative-free LoRA with separable (diagonal) CMA-ES: "
+         "adapts within a layer's ~10 generations at d = 500"),
+    _dfo("ng-lora", "ng:NGOpt", "layer-wise derivative-free LoRA with nevergrad's NGOpt wizard "
+         "(any nevergrad optimizer: --optimizer ng:NAME)"),
     MethodSpec("no-opt", "control", "search.method:run_noopt",
                "the initialisation alone: random z from the optimizer's start distribution at every layer, "
                "no search (the paper's Table 4 'w/o optimisation')", searches=False, validate=_check_patchable),
@@ -152,6 +187,11 @@ _SPECS = (
     _zo("zo-adam", "run_zo_adam", "zeroth-order Adam on the SPSA estimate (2 forwards per step)"),
     _zo("forward-grad", "run_forward_grad", "forward gradient: one Jacobian-vector product per step (torch.func.jvp)",
         differentiable=True),
+    _zo("zo-sgd-mmt", "run_zo_sgd_mmt", "zeroth-order SGD with heavy-ball momentum (ZO-Bench; 2 forwards per step)"),
+    _zo("zo-sgd-cons", "run_zo_sgd_cons", "conservative zeroth-order SGD: keeps the best of theta and theta -+ lr g z "
+        "(ZO-Bench; 5 forwards per step)"),
+    _zo("es-full", "run_es_full", "evolution strategies on every weight: 30 seeded Gaussian members per step, "
+        "rank-weighted sum (Qiu et al. 2025)", module="es"),
 )  # fmt: skip
 METHODS: dict[str, MethodSpec] = {s.name: s for s in _SPECS}
 
@@ -187,6 +227,7 @@ def validate(cfg: RunConfig, num_layers: int | None = None, model_type: str | No
     """Every field, then the method's own rules; ``num_layers``/``model_type`` enable the model checks."""
     spec = get(cfg.method)
     check_fields(cfg, num_layers)
+    _check_optimizer(cfg, spec)
     if spec.differentiable and cfg.search.loss == "neg_metric":
         raise ConfigError("search.loss", f"{cfg.method} needs a differentiable loss: ce or hinge")
     if spec.validate is not None:

@@ -83,6 +83,16 @@ def run(
 
 
 def _run(cfg: RunConfig, folder: RunFolder | None, resume: bool, loaded, tags, callbacks) -> RunRecord:
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)  # the run's own thread count (config.threads), for its duration
+    try:
+        return _run_method(cfg, folder, resume, loaded, tags, callbacks)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_method(cfg: RunConfig, folder: RunFolder | None, resume: bool, loaded, tags, callbacks) -> RunRecord:
     method = load_runner(cfg.method)
     t0 = time.perf_counter()
     exp = Experiment.prepare(cfg, loaded)

@@ -41,6 +41,8 @@ STREAMS: dict[str, int] = {
     "noopt_draws": 8,  # (): the random intrinsic vectors of the no-optimisation arm
     "lora_init": 9,  # (): PEFT's LoRA initialisation (gradient and zeroth-order baselines)
     "projection_study": 10,  # (): notebook 02's random steps
+    "es_members": 11,  # (step, member): es-full's Gaussian perturbation of one population member
+    "zo_mask": 12,  # (): the tie-breaking order of the sparse zeroth-order mask (equal magnitudes)
     "scale_calibration": 20,  # (adapted layer,): the trial steps of the projection-scale calibration
 }
 

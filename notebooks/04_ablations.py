@@ -87,7 +87,7 @@ print(
 
 # %%
 progress = live.GridProgress(params.interactive)
-records = plans.run_plan(plan_main + plan_abl + plan_noopt, root, progress)
+records = plans.run_plan(plan_main + plan_abl + plan_noopt, root, progress, prof.backend)
 progress.close()
 noopt = collect.noopt_records(prof, records)
 

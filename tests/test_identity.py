@@ -121,3 +121,31 @@ def test_a_run_records_its_seed_scheme_and_the_schemes_differ(tmp_path, tiny_mod
 def test_stream_codes_are_unique():
     codes = list(seeds.STREAMS.values())
     assert len(set(codes)) == len(codes)
+
+
+# -- record versions -------------------------------------------------------------------------------
+def test_every_committed_record_reads_back_with_its_configuration():
+    from pathlib import Path
+
+    from dflora_core.results.record import load_records
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    records = load_records(root)
+    assert len(records) >= 55  # the committed grids (peers, optimizers, all layers)
+    for rec in records:
+        cfg = from_dict(rec.config)  # every field known, every value valid
+        assert cfg.method == rec.method and cfg.seed_scheme == 1
+        assert rec.format in ("dflora-run/1", "dflora-run/2")
+
+
+def test_a_record_from_a_newer_version_is_refused_in_one_line(tmp_path):
+    from dflora_core.errors import DfloraError
+    from dflora_core.results.record import RunFolder
+
+    cfg = RunConfig()
+    _write_record(tmp_path / "r", cfg)
+    data = json.loads((tmp_path / "r" / "record.json").read_text())
+    data["format"] = "dflora-run/9"
+    (tmp_path / "r" / "record.json").write_text(json.dumps(data))
+    with pytest.raises(DfloraError, match="newer than this dflora reads"):
+        RunFolder(tmp_path / "r").read()

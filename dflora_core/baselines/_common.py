@@ -7,7 +7,8 @@ method that takes steps on batches of B examples is given
     steps = floor(search.budget * N / (B * cost_per_step))
 
 where ``cost_per_step`` counts forward passes per step (``budget_match="forward"``, the
-default: ZO-SGD = 2, gradient = 1, forward gradient = 1) or forward-pass equivalents of
+default: ZO-SGD = 2, conservative ZO-SGD = 5, ES = its population, gradient = 1, forward
+gradient = 1, hybrid ZO/FO one more) or forward-pass equivalents of
 compute (``"compute"``: a backward or a Jacobian-vector product counts as 2 forwards, so a
 gradient step = 3, forward gradient = 2). ``baseline.steps`` overrides the mapping. Dev
 evaluations are not charged, as in the DFO loop, and happen every ``search.eval_every``
@@ -43,8 +44,13 @@ STEP_COST = {
     "zo-sgd": (2, 0, 0),
     "zo-sgd-sign": (2, 0, 0),
     "zo-adam": (2, 0, 0),
+    "zo-sgd-mmt": (2, 0, 0),
+    "zo-sgd-cons": (5, 0, 0),  # the two-point estimate, then L(theta), L(theta - lr e), L(theta + lr e)
     "forward-grad": (1, 0, 1),  # the jvp is the forward pass, carrying a tangent
+    "es-full": (1, 0, 0),  # per population member: x baseline.es_population (step_passes)
 }
+SPSA_METHODS = ("zo-sgd", "zo-sgd-sign", "zo-adam", "zo-sgd-mmt", "zo-sgd-cons")  # two-point ZO estimates
+HYBRID_COST = (1, 1, 0)  # hybrid ZO/FO: + one forward and one backward of the batch for the top layers' gradient
 BACKWARD_COST = 2.0  # forward-pass equivalents of one backward pass ("compute" matching)
 JVP_EXTRA_COST = 1.0  # a jvp = its forward + about one more forward for the tangent
 
@@ -70,9 +76,19 @@ class BudgetPlan:
         return asdict(self)
 
 
-def step_cost(method: str, match: str) -> float:
+def step_passes(cfg: RunConfig) -> tuple[int, int, int]:
+    """(forward, backward, jvp) passes per example of one step of ``cfg``'s method, options included."""
+    f, b, j = STEP_COST[cfg.method]
+    if cfg.method == "es-full":
+        f *= cfg.baseline.es_population
+    if cfg.method in SPSA_METHODS and cfg.baseline.zo_hybrid_layers:
+        f, b, j = f + HYBRID_COST[0], b + HYBRID_COST[1], j + HYBRID_COST[2]
+    return f, b, j
+
+
+def step_cost(passes: tuple[int, int, int], match: str) -> float:
     """Forward-pass equivalents per example of one step."""
-    f, b, j = STEP_COST[method]
+    f, b, j = passes
     if match == "forward":
         return float(f)
     return f + BACKWARD_COST * b + JVP_EXTRA_COST * j
@@ -81,9 +97,9 @@ def step_cost(method: str, match: str) -> float:
 def plan_budget(cfg: RunConfig, train_size: int) -> BudgetPlan:
     b = cfg.baseline
     batch = min(b.batch_size or train_size, train_size)
-    per_example = step_cost(cfg.method, b.budget_match)
+    f, bw, j = step_passes(cfg)
+    per_example = step_cost((f, bw, j), b.budget_match)
     cost = per_example * batch / train_size
-    f, bw, j = STEP_COST[cfg.method]
     if b.steps is not None:
         steps, source = b.steps, "baseline.steps"
     else:

@@ -129,8 +129,9 @@ def lora_seed(exp: Experiment) -> int:
     return derive(exp.cfg.seed, "lora_init", scheme=exp.cfg.seed_scheme)
 
 
-def _finish(exp: Experiment, result: dict) -> dict:
-    if result["selected_start"]:
+def _finish(exp: Experiment, result: dict, start_is_model: bool = True) -> dict:
+    """Score the selected state on test (skipped when it is the unadapted model: test = zero-shot)."""
+    if result["selected_start"] and start_is_model:
         result["test"] = None  # the start is the unadapted model: test = zero-shot
     else:
         result["test"] = exp.evaluate(exp.test_set).as_dict()

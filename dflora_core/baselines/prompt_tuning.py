@@ -213,13 +213,23 @@ class DeepPromptAdapter:
         return hook
 
 
-def prompt_experiment(exp: Experiment) -> tuple[Experiment, DeepPromptAdapter]:
-    """A copy of ``exp`` whose train/dev/test prompts carry the prompt positions, and the adapter."""
+def prompt_experiment(
+    exp: Experiment, input_only: bool | None = None, project: bool = True
+) -> tuple[Experiment, DeepPromptAdapter]:
+    """A copy of ``exp`` whose train/dev/test prompts carry the prompt positions, and the adapter.
+
+    ``input_only``: prompts at the input alone (BBT's positions) or at ``baseline.prompt_layers``
+    (BBTv2's); None = by the method (bbt or not). ``project=False`` skips measuring the
+    projection scales: the zeroth-order prompt schemes (docs/baselines.md) set the adapter's
+    prompt tensors directly and use no projection.
+    """
     cfg, loaded = exp.cfg, exp.loaded
     b = cfg.baseline
     model = loaded.model
     total = model.config.num_hidden_layers
-    if cfg.method == "bbt":
+    if input_only is None:
+        input_only = cfg.method == "bbt"
+    if input_only:
         layers: tuple[int, ...] = (0,)
     else:
         layers = resolve_layers(b.prompt_layers, total)
@@ -243,6 +253,8 @@ def prompt_experiment(exp: Experiment) -> tuple[Experiment, DeepPromptAdapter]:
         seed_scheme=cfg.seed_scheme,
     )
     exp_p = dataclasses.replace(exp, **sets)
+    if not project:
+        return exp_p, adapter
     try:
         emb_std = float(emb.float().std())
         if layers == (0,):

@@ -6,8 +6,10 @@
         x = opt.ask()
         opt.tell(x, evaluate(x))
 
-Names: "cmaes" (pycma CMA-ES, C-LoRA), "lotfwa" (loser-out tournament fireworks with guiding
-sparks, F-LoRA), "fwa" (bare-bones fireworks, one firework), "random" (random search).
+Names: "cmaes" (pycma CMA-ES, C-LoRA), "cmaes-diag" (separable CMA-ES), "lotfwa" (loser-out
+tournament fireworks with guiding sparks, F-LoRA), "fwa" (bare-bones fireworks, one firework),
+"random" (random search), and "ng:NAME" for any optimizer of nevergrad (``ng.py``; the
+``nevergrad`` extra, imported only then).
 Every optimizer's ``state_dict()`` is code-free (JSON values and numpy arrays) and restores
 exactly by replay: ``base`` documents the format. Algorithms, decisions and measurements:
 docs/method.md, section "Optimizers".
@@ -23,7 +25,7 @@ import numpy as np
 from ..errors import ConfigError
 from . import testfunctions
 from .base import AskTellOptimizer, Optimizer, OptimizerStateError, join_state, split_state
-from .cmaes import CMAES
+from .cmaes import CMAES, CMAESDiag
 from .fireworks import FWA, FireworksOptions, LoTFWA, guiding_delta, loser_mask
 from .random_search import RandomSearch
 
@@ -35,11 +37,13 @@ __all__ = [
     "join_state",
     "FireworksOptions",
     "CMAES",
+    "CMAESDiag",
     "LoTFWA",
     "FWA",
     "RandomSearch",
     "OPTIMIZERS",
     "make_optimizer",
+    "resolve_name",
     "describe",
     "fireworks_shape",
     "guiding_delta",
@@ -49,6 +53,7 @@ __all__ = [
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {
     "cmaes": CMAES,
+    "cmaes-diag": CMAESDiag,
     "lotfwa": LoTFWA,
     "fwa": FWA,
     "random": RandomSearch,
@@ -56,24 +61,37 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {
 
 _DESCRIPTIONS = {
     "cmaes": "CMA-ES (pycma) with popsize points per generation: the optimizer of C-LoRA.",
+    "cmaes-diag": "Separable CMA-ES (pycma CMA_diagonal): d variances, adapts within the few generations of d = 500.",
     "lotfwa": "Loser-out tournament fireworks algorithm with guiding sparks (Li & Tan 2018): the optimizer of F-LoRA.",
     "fwa": "Bare-bones fireworks algorithm: one firework, popsize uniform sparks, amplitude x1.2/x0.9, elitist.",
     "random": "Random search: popsize Gaussian samples around the start point (scale sigma), keeps the best.",
 }
 
+NG_PREFIX = "ng:"  # any nevergrad optimizer: ng:NGOpt, ng:TBPSA, ng:DiagonalCMA, ng:TwoPointsDE ...
 _DEFAULT_FIREWORKS = 2  # LoTFWA's measured default at 20 calls/generation (docs/method.md, "Optimizers")
 
 
 def describe(name: str) -> str:
     """One-line description of an optimizer name (for docs and ``--help``)."""
-    return _DESCRIPTIONS[_check_name(name)]
+    key = resolve_name(name)
+    if key.startswith(NG_PREFIX):
+        return f"nevergrad's {key[len(NG_PREFIX):]} with popsize candidates per ask (num_workers = popsize)."
+    return _DESCRIPTIONS[key]
 
 
-def _check_name(name: str) -> str:
-    key = str(name).strip().lower()
+def resolve_name(name: str, field: str = "optimizer") -> str:
+    """The canonical optimizer name (``ng:NAME`` keeps nevergrad's spelling); ConfigError naming ``field``."""
+    text = str(name).strip()
+    if text[: len(NG_PREFIX)].lower() == NG_PREFIX:
+        from .ng import check_nevergrad_name
+
+        return NG_PREFIX + check_nevergrad_name(text[len(NG_PREFIX) :], field)
+    key = text.lower()
     if key not in OPTIMIZERS:
-        raise ConfigError("optimizer", f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+        known = ", ".join([*OPTIMIZERS, NG_PREFIX + "NAME (nevergrad)"])
+        raise ConfigError(field, f"unknown optimizer {name!r}; known: {known}")
     return key
+
 
 
 def fireworks_shape(
@@ -131,13 +149,19 @@ def make_optimizer(
       others: constructor keywords of the class (e.g. ``n_fireworks``, ``guiding``,
       ``init_spread``). Unknown names raise ``ConfigError``.
     """
-    key = _check_name(name)
+    key = resolve_name(name)
     shared = dict(x0=x0, sigma=sigma, seed=seed, max_evaluations=max_evaluations, bounds=bounds)
-    if key == "cmaes":
+    if key in ("cmaes", "cmaes-diag"):
         pycma_options = dict(options.pop("options", None) or {})
         pycma_options.update(options)
         _check_cma_options(pycma_options)
-        return CMAES(dim, popsize=popsize, options=pycma_options, **shared)
+        return OPTIMIZERS[key](dim, popsize=popsize, options=pycma_options, **shared)
+    if key.startswith(NG_PREFIX):
+        from .ng import Nevergrad
+
+        if options:
+            raise ConfigError("optimizer", f"{key} takes no options (got {sorted(options)})")
+        return Nevergrad(dim, popsize=popsize, name=key[len(NG_PREFIX) :], **shared)
     cls = OPTIMIZERS[key]
     if key == "lotfwa":
         _check_options(key, cls, options, set(shared))

@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from . import _checks
 from .base import Optimizer
 
-__all__ = ["CMAES", "GeneratorRandn"]
+__all__ = ["CMAES", "CMAESDiag", "GeneratorRandn"]
 
 _RESERVED = ("randn", "seed")  # would break the own-generator guarantee
 
@@ -120,3 +120,27 @@ class CMAES(Optimizer):
     def es(self) -> cma.CMAEvolutionStrategy:
         """The wrapped pycma object (read-only use)."""
         return self._es
+
+
+class CMAESDiag(CMAES):
+    """Separable CMA-ES (pycma ``CMA_diagonal=True``: a diagonal covariance, Ros & Hansen 2008).
+
+    It learns d variances instead of d^2 / 2 covariances, with learning rates raised
+    accordingly, so it adapts within the few generations a layer gets at d = 500 (30 layers
+    and 6,000 calls: about ten generations of 20 per layer), where full CMA-ES barely leaves
+    its initial isotropic distribution. Same arguments and state as ``CMAES``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        x0: np.ndarray | None = None,
+        sigma: float = 1.0,
+        popsize: int = 20,
+        seed: int = 0,
+        bounds: tuple[float, float] | None = None,
+        max_evaluations: int | None = None,
+        options: dict | None = None,  # extra pycma options; CMA_diagonal is True unless given
+    ) -> None:
+        opts = {"CMA_diagonal": True, **dict(options or {})}
+        super().__init__(dim, x0, sigma, popsize, seed, bounds, max_evaluations, opts)

@@ -32,7 +32,19 @@ RECORD = "record.json"
 CONFIG = "config.json"
 LOCK = ".lock"  # flock'ed by the process writing the folder; names its host and pid
 REPLACED = "record.replaced.json"  # a finished record set aside by --overwrite (never lost)
-RECORD_FORMAT = "dflora-run/1"
+RECORD_FORMAT = "dflora-run/2"  # 2: seed_scheme, start_fitness, test_curve, data verification, code-free checkpoints
+READABLE_FORMATS = ("dflora-run/1", "dflora-run/2")  # every version committed results use stays readable
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A record of any readable version in the current form (the fields' meaning as recorded)."""
+    fmt = data.get("format", "dflora-run/1")
+    if fmt not in READABLE_FORMATS:
+        raise ValueError(f"record format {fmt!r} is newer than this dflora reads ({', '.join(READABLE_FORMATS)})")
+    if fmt == "dflora-run/1" and isinstance(data.get("config"), dict):
+        # version 1 predates seed schemes: its streams are scheme 1, whatever the default becomes
+        data = {**data, "config": {"seed_scheme": 1, **data["config"]}}
+    return data
 
 
 def now() -> str:
@@ -92,6 +104,7 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], folder: str | Path | None = None) -> RunRecord:
+        data = upgrade(data)
         names = {f.name for f in dataclasses.fields(cls)} - {"result", "folder"}
         known = {k: v for k, v in data.items() if k in names}
         for k in ("started", "versions", "git", "machine"):  # a record read back never describes this machine

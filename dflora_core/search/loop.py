@@ -80,7 +80,7 @@ class LayerwiseSearch:
         self.exp, self.cfg = exp, cfg
         self.ctx = ctx if ctx is not None else RunContext()
         self.on_generation, self.on_eval = on_generation, on_eval
-        self.optimizer_name = optimizer or get(cfg.method).optimizer
+        self.optimizer_name = optimizer or cfg.optim.name or get(cfg.method).optimizer  # optim.name: --optimizer
         self.train = train if train is not None else exp.train  # prompts may be rewritten by the adapter
         lr = cfg.lowrank
         self.layer_stats, self.layer_std = measure_scales(exp.loaded, self.train, lr, exp.max_tokens)

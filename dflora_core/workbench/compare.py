@@ -19,16 +19,18 @@ A per-method ``--set`` for a method outside ``--methods`` is ignored, so one lis
 can serve several calls; ``--table-only`` runs nothing and renders the runs of the grid that
 are already recorded (e.g. after running some methods with fewer seeds).
 
-By default each pending run executes in its own Python process, so that the peak resident
-memory in its record (process peak RSS on CPU) is that run's own; ``--in-process`` runs them
-in this process (faster start, but on CPU a run's peak then includes the earlier runs').
+Where the pending runs execute (``--backend``, ``workbench/backends.py``, docs/scale-out.md):
+by default each in its own local Python process, so that the peak resident memory in its
+record (process peak RSS on CPU) is that run's own, ``--jobs N`` of them at a time;
+``--backend ray`` makes each a Ray task (``--cpus-per-run``, ``--gpus-per-run``, ``--address``
+to join a cluster); ``--in-process`` runs them in this process (faster start, but on CPU a
+run's peak then includes the earlier runs'). A run that fails is reported in one line and
+the others go on; the table holds the runs that finished, and the same command again runs
+only what is missing.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -36,6 +38,8 @@ from .. import methods
 from ..config import _merge, _nest, from_dict, load_yaml, parse_assignments
 from ..errors import DfloraError
 from ..results.record import RunRecord
+from .backend_base import BACKENDS, BackendSpec, GridBar, check_backend, stderr_line
+from .backends import execute
 from .grid import finished_run, run_grid
 from .tables import comparison_table, frame, to_markdown
 
@@ -101,22 +105,6 @@ def build_configs(
     return configs
 
 
-def _run_isolated(cfg, root: Path) -> None:
-    """One run in a fresh Python process (its record's peak memory is then its own)."""
-    code = (
-        "import json, sys\n"
-        "from dflora_core.config import from_dict\n"
-        "from dflora_core.workbench.grid import run_grid\n"
-        "run_grid([from_dict(json.loads(sys.argv[1]))], sys.argv[2])\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(cfg.to_dict()), str(root)], check=False)
-    if proc.returncode != 0:
-        raise DfloraError(
-            f"compare: the run {cfg.method} / {cfg.data.task} / seed {cfg.seed} failed "
-            f"(exit {proc.returncode}); its messages are above"
-        )
-
-
 def render(records: list[RunRecord], root: Path, method_names, tasks, header: dict) -> dict:
     """Write the runs CSV and the table as CSV and Markdown; returns their paths and the Markdown."""
     root.mkdir(parents=True, exist_ok=True)
@@ -159,32 +147,39 @@ def compare(
     base: dict | None = None,
     on_record: Callable[[dict], None] | None = None,
     table_only: bool = False,
+    backend: BackendSpec | None = None,
 ) -> dict:
-    """Run the grid (skipping recorded runs), render the table; returns paths, records and the Markdown.
+    """Run the grid (skipping recorded runs), render the table; returns paths, records, the Markdown
+    and the runs that failed for good (``failures``, each already reported in one line).
 
-    ``table_only``: run nothing, render the runs of the grid that are already recorded.
+    ``backend``: where the pending runs execute (default: local processes, one at a time;
+    ``isolate=False``: this process). ``table_only``: run nothing, render the runs of the grid
+    that are already recorded.
     """
     root = Path(root)
     configs = build_configs(tasks, method_names, seeds, model, budget, max_test, sets, base)
+    spec = check_backend(backend or BackendSpec(name="local" if isolate else "inprocess"))
     finished = [finished_run(root, c) for c in configs]
     pending = [c for c, rec in zip(configs, finished, strict=True) if rec is None]
-    if table_only:
+    failures = []
+    if not table_only and spec.name == "inprocess":
+        records = run_grid(configs, root, on_record=on_record)
+    else:
+        if not table_only and pending:
+            bar = GridBar(len(configs), len(configs) - len(pending), log=stderr_line)  # lines where no terminal
+            try:
+                failures = execute(configs, root, spec=spec, bar=bar)
+            finally:
+                bar.close()
+            finished = [finished_run(root, c) for c in configs]
         records = [rec for rec in finished if rec is not None]
         if not records:
-            raise DfloraError(f"no finished run of this grid under {root}")
+            why = f"all {len(failures)} runs failed (each named above)" if failures else "no finished run of this grid"
+            raise DfloraError(f"{why} under {root}")
+        for rec in records if on_record and not table_only else []:
+            on_record(rec)
         method_names = [m for m in method_names if any(r["method"] == m for r in records)]
         tasks = [t for t in tasks if any(r["task"] == t for r in records)]
-        pending = []
-    else:
-        if isolate:
-            for i, cfg in enumerate(pending):
-                print(
-                    f"[{i + 1}/{len(pending)}] {cfg.method} {cfg.data.task} seed {cfg.seed}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                _run_isolated(cfg, root)
-        records = run_grid(configs, root, on_record=on_record)
     first = configs[0]
     header = {
         "model": first.model.name,
@@ -194,7 +189,8 @@ def compare(
         "device": records[0].get("device") if records else None,
     }
     out = render(records, root, list(method_names), list(tasks), header)
-    return {**out, "records": records, "ran": len(pending)}
+    ran = 0 if table_only else len(pending) - len(failures)
+    return {**out, "records": records, "ran": ran, "failures": failures}
 
 
 # -- command line ---------------------------------------------------------------------------------
@@ -219,13 +215,37 @@ def _cmd(args) -> int:
         budget=args.budget,
         max_test=args.max_test,
         sets=sets,
-        isolate=not args.in_process,
         base=base,
         table_only=args.table_only,
+        backend=backend_of(args),
     )
     print(out["markdown"])
     print(f"wrote {out['table_md']}, {out['table_csv']} and {out['runs_csv']} ({out['ran']} new runs)")
+    if out["failures"]:
+        raise DfloraError(
+            f"{len(out['failures'])} run(s) failed (each named above); the table holds the others; "
+            "the same command again runs only what is missing"
+        )
     return 0
+
+
+def backend_of(args) -> BackendSpec:
+    """The backend the flags ask for (one-line errors for flags of another backend)."""
+    name = "inprocess" if args.in_process else args.backend
+    if args.in_process and args.backend not in (None, "inprocess"):
+        raise DfloraError(f"--in-process and --backend {args.backend}: choose one")
+    return check_backend(
+        BackendSpec(
+            name=name or "local",
+            jobs=args.jobs,
+            address=args.address,
+            cpus_per_run=args.cpus_per_run,
+            gpus_per_run=args.gpus_per_run,
+            shared_fs="no" if args.no_shared_fs else "auto",
+            max_retries=args.max_retries,
+        ),
+        prefix="--",
+    )
 
 
 def add_arguments(p) -> None:
@@ -240,6 +260,12 @@ def add_arguments(p) -> None:
     p.add_argument("--config", default=None, help="a YAML profile for the base config")
     p.add_argument("--set", action="append", metavar="[METHOD:]KEY=VALUE", help="a config field (YAML value)")
     p.add_argument("--in-process", action="store_true", help="run in this process (CPU memory then cumulative)")
+    p.add_argument("--backend", choices=BACKENDS, default=None, help="where runs execute (default: local processes)")
+    p.add_argument("--jobs", type=int, default=1, help="local backend: runs at a time, each its own process")
+    p.add_argument("--address", default=None, help="ray: a cluster to join (default: a local instance on 127.0.0.1)")
+    p.add_argument("--cpus-per-run", type=float, default=None, help="ray: CPUs per run (default: its threads, or 1)")
+    p.add_argument("--gpus-per-run", type=float, default=0.0, help="ray: GPUs per run; fractions share a GPU")
+    p.add_argument("--no-shared-fs", action="store_true", help="ray: workers do not see --root (folders come back)")
+    p.add_argument("--max-retries", type=int, default=3, help="ray: retries of a run whose worker died")
     p.add_argument("--table-only", action="store_true", help="run nothing: the table of the runs already recorded")
     p.set_defaults(fn=_cmd)
-

@@ -25,6 +25,7 @@ from ..methods import RunContext
 from ..results.record import RunFolder, RunRecord
 from ..runner import run
 from ..search.loop import LayerwiseSearch
+from .backend_base import GridBar
 from .collect import run_curves
 from .grid import find_run
 from .plotting import describe_records, draw_training, footer, new_figure, style
@@ -122,23 +123,29 @@ class RunProgress:
 
 
 class GridProgress:
-    """Progress over the runs of a plan (studies.run_plan): one line per run, and per-run progress."""
+    """Progress over the runs of a plan (plans.run_plan): one bar over the runs (backends.GridBar),
+    one line per run, and the progress of the run in progress when it runs in this kernel."""
 
     def __init__(self, interactive: bool, log: Callable[[str], None] = log_line, view: bool = False):
         self.interactive, self.log, self.view = interactive, log, view
         self.run: RunProgress | None = None
         self._t0 = 0.0
-        self._outer = None
+        self._outer: GridBar | None = None
+
+    def grid_bar(self, total: int, done: int) -> GridBar:
+        """The bar of a plan whose runs execute elsewhere (a profile's backend: local processes, Ray)."""
+        self.close()
+        self._outer = GridBar(total, done, disable=not self.interactive, log=self.log)
+        return self._outer
 
     def start_run(self, i: int, n: int, planned, cached: bool) -> None:
-        from tqdm.auto import tqdm
-
         if self._outer is None:
-            self._outer = tqdm(total=n, desc="runs", unit="run", disable=not self.interactive)
+            self._outer = GridBar(n, disable=not self.interactive)
         self._t0 = time.perf_counter()
         what = f"[{i + 1}/{n}] {planned.study}: {planned.describe()}"
         self.log(what + (" (recorded: reused)" if cached else ""))
         self.run = None if cached else RunProgress(planned.cfg.method, self.interactive, self.log)
+        self._outer.set_running(1)
 
     def callbacks(self) -> dict:
         """Runner callbacks that forward to the run in progress (none for a recorded run)."""
@@ -162,7 +169,7 @@ class GridProgress:
                 f"{rec.get('calls', 0)} calls · {time.perf_counter() - self._t0:.0f} s"
             )
         if self._outer is not None:
-            self._outer.update(1)
+            self._outer.finish(f"{rec['method']} {rec['task']} seed {rec['seed']}")
 
     def close(self) -> None:
         if self._outer is not None:

@@ -15,6 +15,9 @@ from typing import Any
 
 from .. import methods
 from ..config import RunConfig, identity
+from ..errors import DfloraError
+from .backend_base import BackendSpec
+from .backends import execute
 from .grid import is_recorded, run_grid
 
 STUDIES = ("rank", "intrinsic_dim", "init", "targets", "optimizer")
@@ -143,20 +146,29 @@ def unique_runs(plan: Iterable[PlannedRun]) -> list[PlannedRun]:
     return list(seen.values())
 
 
-def run_plan(plan: Iterable[PlannedRun], root: str | Path, progress=None) -> list:
+def run_plan(plan: Iterable[PlannedRun], root: str | Path, progress=None, backend: BackendSpec | None = None) -> list:
     """Run every distinct configuration of the plan (recorded ones are read back); returns the records.
 
-    One ``run_grid`` call, so the model is loaded once. ``progress``: an object with
-    ``start_run(i, n, planned, cached)``, ``end_run(record)`` and ``callbacks()`` (the runner
-    callbacks of the run in progress), e.g. live.GridProgress.
+    In this process by default: one ``run_grid`` call, so the model is loaded once.
+    ``progress``: an object with ``start_run(i, n, planned, cached)``, ``end_run(record)``,
+    ``callbacks()`` (the runner callbacks of the run in progress) and ``grid_bar(total, done)``,
+    e.g. live.GridProgress. ``backend``: a profile's ``backend`` section; local processes or
+    Ray run the pending runs elsewhere (backends.execute), then the records are read back.
     """
     runs = unique_runs(plan)
     if not runs:
         return []
     configs, tags = [p.cfg for p in runs], [p.tags for p in runs]
+    cached = [is_recorded(root, p.cfg) for p in runs] if progress is not None else []
+    if backend is not None and backend.name != "inprocess":
+        bar = progress.grid_bar(len(runs), sum(cached)) if progress is not None else None
+        failures = execute(configs, root, tags, backend, bar)
+        if failures:
+            raise DfloraError(f"{len(failures)} of {len(runs)} runs failed (each named above); "
+                              "running the plan again runs only what is missing")  # fmt: skip
+        return run_grid(configs, root, tags)
     if progress is None:
         return run_grid(configs, root, tags)
-    cached = [is_recorded(root, p.cfg) for p in runs]
     state = {"i": 0}
 
     def on_record(rec) -> None:

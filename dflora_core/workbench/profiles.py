@@ -33,6 +33,7 @@ from ..lowrank.arch import TARGET_LETTERS
 from ..lowrank.hidden_stats import SOURCES
 from ..lowrank.projection import INITS
 from ..models.registry import check_model_name, peek_model
+from .backend_base import BackendSpec, check_backend
 from .plans import all_planned
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -117,6 +118,9 @@ class Profile:
     main: MainSpec = field(default_factory=MainSpec)
     ablations: AblationSpec = field(default_factory=AblationSpec)
     figures: FigureSpec = field(default_factory=FigureSpec)
+    # where notebook 04's grid runs (workbench/backends.py): in the kernel by default; `name: local, jobs: N`
+    # or `name: ray` (cpus_per_run, gpus_per_run, address ...) for a many-core machine, a GPU, a cluster
+    backend: BackendSpec = field(default_factory=BackendSpec)
     source: str = ""  # the YAML file it came from (set by load_profile)
 
     # -- derived ----------------------------------------------------------------------------
@@ -211,6 +215,7 @@ def validate_profile(p: Profile) -> Profile:
     layerwise = methods.names("dfo-lora")
     _check(bool(p.name), "name", "a profile needs a name")
     _check(p.threads >= 0, "threads", "must be >= 0 (0 = torch's default)")
+    check_backend(p.backend)
     for section, spec in (("run", p.run), ("ablations.run", p.ablations.run)):
         _check(isinstance(spec, dict), section, "expected a mapping of RunConfig overrides")
     try:

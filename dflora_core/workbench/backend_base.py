@@ -1,0 +1,162 @@
+"""What every backend of a grid shares (workbench/backends.py runs them): the backend's settings
+(``BackendSpec``, a profile's ``backend:`` section and `dflora compare`'s flags), the runs it
+gets (``Pending``), how it reports them (``Report``: one line per failure, one bar over the
+grid's runs, ``GridBar``) and a run's thread count. docs/scale-out.md.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..config import RunConfig
+from ..errors import ConfigError
+
+BACKENDS = ("inprocess", "local", "ray")
+SHARED_FS = ("auto", "yes", "no")
+LOG = "run.log"  # a run's own output (local processes, Ray tasks), in its folder
+
+
+@dataclass
+class BackendSpec:
+    """How the pending runs of a grid execute (a profile's ``backend:`` section, `dflora compare`'s flags)."""
+
+    name: Literal[BACKENDS] = "inprocess"  # notebooks: in the kernel (live views); `dflora compare` defaults to local
+    jobs: int = 1  # local: runs at a time, each in its own process
+    address: str | None = None  # ray: a cluster to join ("HOST:PORT", "auto"); empty = a local instance on 127.0.0.1
+    cpus_per_run: float | None = None  # ray: CPUs a run declares; empty = its config's threads, or 1
+    gpus_per_run: float = 0.0  # ray: GPUs a run declares; fractions pack runs on one GPU (0.25 = four)
+    shared_fs: Literal[SHARED_FS] = "auto"  # ray: workers see the root (yes), not (no: folders come back), auto = probe
+    max_retries: int = 3  # ray: retries of a run whose worker process died (Ray's max_retries)
+    scratch: str | None = None  # ray without a shared root: the workers' run folders; empty = a temporary folder
+
+
+def check_backend(spec: BackendSpec, prefix: str = "backend.") -> BackendSpec:
+    """Field checks, as one-line ConfigErrors naming the field."""
+
+    def need(cond: bool, name: str, message: str) -> None:
+        if not cond:
+            raise ConfigError(prefix + (name.replace("_", "-") if prefix.startswith("-") else name), message)
+
+    need(spec.jobs >= 1, "jobs", f"must be >= 1, got {spec.jobs}")
+    need(spec.jobs == 1 or spec.name == "local", "jobs", "runs several local processes: it needs the local backend")
+    need(spec.cpus_per_run is None or spec.cpus_per_run > 0, "cpus_per_run", "must be > 0 or empty")
+    need(spec.gpus_per_run >= 0, "gpus_per_run", f"must be >= 0, got {spec.gpus_per_run}")
+    need(spec.max_retries >= 0, "max_retries", f"must be >= 0, got {spec.max_retries}")
+    ray_only = {"address": spec.address, "cpus_per_run": spec.cpus_per_run, "scratch": spec.scratch,
+                "gpus_per_run": spec.gpus_per_run or None, "shared_fs": None if spec.shared_fs == "auto" else 1}  # fmt: skip
+    for name, value in ray_only.items():
+        need(value is None or spec.name == "ray", name, "is a setting of the ray backend")
+    return spec
+
+
+# -- progress -------------------------------------------------------------------------------------
+class GridBar:
+    """One bar over the runs of a grid: done, running and failed runs and the ETA.
+
+    A terminal bar or a notebook widget (tqdm.auto). Where the bar is hidden (no terminal,
+    ``disable=True``: a headless notebook), ``log`` gets one line per finished run instead.
+    """
+
+    def __init__(self, total: int, done: int = 0, disable: bool | None = None, log=None, desc: str = "runs"):
+        from tqdm.auto import tqdm
+
+        self.total, self.done, self.running, self.failed = total, done, 0, 0
+        self.log = log
+        self._bar = tqdm(total=total, initial=done, desc=desc, unit="run", disable=disable, dynamic_ncols=True)
+        self._t0, self._here = time.perf_counter(), 0
+        self._show()
+
+    def set_running(self, n: int) -> None:
+        self.running = n
+        self._show()
+
+    def finish(self, what: str, ok: bool = True) -> None:
+        """One run is over (``ok``: recorded; else failed for good)."""
+        self.running = max(0, self.running - 1)
+        self.done += ok
+        self.failed += not ok
+        self._here += 1
+        self._bar.update(1)
+        self._show()
+        if self._bar.disable and self.log is not None:
+            self.log(f"[{self.done + self.failed}/{self.total}] {what}: {'done' if ok else 'FAILED'} · {self.status()}")
+
+    def status(self) -> str:
+        left = self.total - self.done - self.failed
+        eta = (time.perf_counter() - self._t0) / self._here * left if self._here and left else 0.0
+        return f"{self.done} done, {self.running} running, {self.failed} failed" + (f", ETA {eta:.0f} s" if eta else "")
+
+    def write(self, line: str) -> None:
+        """A line above the bar (the bar stays whole)."""
+        if self._bar.disable:
+            (self.log or stderr_line)(line)
+        else:
+            self._bar.write(line, file=sys.stderr)
+
+    def _show(self) -> None:
+        self._bar.set_postfix_str(f"running {self.running}, failed {self.failed}", refresh=True)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# -- what runs where ------------------------------------------------------------------------------
+@dataclass
+class Pending:
+    """A run of the grid that has not finished, and the folder it goes to."""
+
+    cfg: RunConfig
+    tags: dict
+    folder: Path
+
+    def describe(self) -> str:
+        return f"{self.cfg.method} {self.cfg.data.task} seed {self.cfg.seed}"
+
+    def payload(self, root: Path, threads: int) -> dict:
+        """What a worker gets: JSON only (no pickled objects), the folder as the driver found it."""
+        return {"config": self.cfg.to_dict(), "tags": self.tags, "root": str(root), "folder": str(self.folder),
+                "threads": threads}  # fmt: skip
+
+
+@dataclass
+class Failure:
+    run: Pending
+    error: str
+
+    def line(self) -> str:
+        return f"dflora: run failed: {self.run.describe()} ({self.run.folder}): {self.error}"
+
+
+@dataclass
+class Report:
+    """Collects the runs that failed for good and tells the bar about every finished run."""
+
+    bar: GridBar
+    failures: list[Failure] = field(default_factory=list)
+
+    def finished(self, run: Pending, error: str | None = None) -> None:
+        if error is not None:
+            self.failures.append(Failure(run, error))
+            self.bar.write(self.failures[-1].line())
+        self.bar.finish(run.describe(), ok=error is None)
+
+
+def run_environment() -> dict[str, str]:
+    """The environment of a run's process (a local one, a local Ray instance's workers): waiting OpenMP threads
+    sleep instead of spinning, as in the notebook kernels (notebook_runner: on a shared 2-core machine spinning
+    threads made SmolLM2 ~5x slower with 2 threads; passive waiting costs nothing when a run is alone)."""
+    return {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+
+
+def run_threads(cfg: RunConfig, cores: float) -> int:
+    """The torch threads of a run given ``cores`` by its backend: its config's ``threads``, else those cores."""
+    return cfg.threads or max(1, int(cores))

@@ -1,0 +1,147 @@
+"""Where the pending runs of a grid execute: in this process, in local processes, or on Ray.
+
+    spec = BackendSpec(name="local", jobs=4)          # `dflora compare --jobs 4`
+    failures = execute(configs, root, tags, spec)     # then grid.run_grid reads every record back
+
+- ``inprocess``: ``grid.run_grid`` in this process (the notebooks: live views of each run);
+- ``local``: each run in a fresh Python process, ``jobs`` at a time (a record's peak memory
+  is then its own run's); the process's output goes to ``run.log`` in the run's folder;
+- ``ray``: each run a Ray task with declared resources (``workbench/rayrun.py``; Ray is
+  imported only there, and only when chosen).
+
+A run that fails for good is reported in one line (what, folder, error) and the others go
+on; the same grid again runs only what is missing: finished runs are found by
+``grid.find_run``, an interrupted one resumes from its ``checkpoint.npz``. One bar
+(``GridBar``) follows the grid's runs. Threads, backends and folders: docs/scale-out.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from ..config import RunConfig, from_dict
+from ..errors import DfloraError
+from ..results.record import RunFolder
+from .backend_base import (
+    LOG,
+    BackendSpec,
+    Failure,
+    GridBar,
+    Pending,
+    Report,
+    check_backend,
+    run_environment,
+    run_threads,
+)
+from .grid import find_run, run_grid
+
+
+def pending_runs(configs: Sequence[RunConfig], root: Path, tags: Iterable[dict] | None = None) -> list[Pending]:
+    tag_list = list(tags) if tags is not None else [{} for _ in configs]
+    out = []
+    for cfg, tag in zip(configs, tag_list, strict=True):
+        folder = find_run(root, cfg)
+        if RunFolder(folder).finished() is None:
+            out.append(Pending(cfg, dict(tag), folder))
+    return out
+
+
+def execute(configs: Sequence[RunConfig], root: str | Path, tags: Iterable[dict] | None = None,
+            spec: BackendSpec | None = None, bar: GridBar | None = None) -> list[Failure]:  # fmt: skip
+    """Run the grid's unfinished configs on ``spec``'s backend; returns the runs that failed for good.
+
+    Finished runs are skipped (and counted as done on the bar); each failure is reported in
+    one line as it happens; the caller reads the records back (``grid.run_grid``).
+    """
+    spec = check_backend(spec or BackendSpec(name="local"))
+    root = Path(root).expanduser().resolve()
+    configs = list(configs)
+    pending = pending_runs(configs, root, tags)
+    if not pending:
+        return []
+    own = bar is None
+    report = Report(bar or GridBar(len(configs), len(configs) - len(pending)))
+    try:
+        if spec.name == "ray":
+            from .rayrun import run_on_ray
+
+            run_on_ray(pending, root, spec, report)
+        elif spec.name == "local":
+            run_local(pending, root, spec.jobs, report)
+        else:
+            for run in pending:
+                report.bar.set_running(1)
+                run_grid([run.cfg], root, [run.tags])
+                report.finished(run)
+    finally:
+        if own:
+            report.bar.close()
+    return report.failures
+
+
+# -- local processes ------------------------------------------------------------------------------
+_CHILD = "from dflora_core.workbench.backends import child_main; child_main()"
+
+
+def run_local(pending: list[Pending], root: Path, jobs: int, report: Report) -> None:
+    """Each run in its own Python process, ``jobs`` at a time, in the order given."""
+    cores = os.cpu_count() or 1
+    queue, active = list(pending), {}
+    try:
+        while queue or active:
+            while queue and len(active) < jobs:
+                run = queue.pop(0)
+                threads = run_threads(run.cfg, cores / jobs) if jobs > 1 else run.cfg.threads  # 0: torch's default
+                active[_spawn(run, root, threads)] = run
+                report.bar.set_running(len(active))
+            done = [p for p in active if p.poll() is not None]
+            if not done:
+                time.sleep(0.1)
+            for proc in done:
+                run = active.pop(proc)
+                report.finished(run, None if proc.returncode == 0 else _exit_error(run.folder / LOG, proc.returncode))
+    finally:
+        for proc in active:  # interrupted (Ctrl-C, SIGTERM): the runs stop at their last checkpoint
+            proc.terminate()
+        for proc in active:
+            proc.wait()
+
+
+def _spawn(run: Pending, root: Path, threads: int) -> subprocess.Popen:
+    run.folder.mkdir(parents=True, exist_ok=True)
+    with open(run.folder / LOG, "ab") as log:  # the child keeps its own descriptor
+        cmd = [sys.executable, "-c", _CHILD, json.dumps(run.payload(root, threads))]
+        return subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=run_environment()
+        )
+
+
+def _exit_error(log: Path, code: int) -> str:
+    """The last line a failed process wrote (its one-line error), and how it ended."""
+    how = f"killed by signal {-code}" if code < 0 else f"exit {code}"
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        lines = []
+    last = lines[-1].removeprefix("dflora: error: ") if lines else "no output"
+    return f"{last} ({how}; log: {log})"
+
+
+def child_main(argv: list[str] | None = None) -> None:
+    """A local backend's run process: the payload's run through ``grid.run_grid`` (resumes, skips if done)."""
+    payload = json.loads((argv or sys.argv[1:])[0])
+    if payload["threads"]:
+        import torch
+
+        torch.set_num_threads(payload["threads"])
+    try:
+        run_grid([from_dict(payload["config"])], payload["root"], [payload["tags"]])
+    except DfloraError as err:
+        print(f"dflora: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)

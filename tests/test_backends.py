@@ -1,0 +1,259 @@
+"""Grids on other backends (workbench/backends.py, workbench/rayrun.py; docs/scale-out.md): local
+processes (`--jobs`) and Ray give the serial grid's records, a worker killed mid-run is retried
+and still gives them, a failing run does not stop the others, and the default backend never
+imports Ray. Ray tests share one local instance of this machine's 2 CPUs."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dflora_core.errors import ConfigError, DfloraError
+from dflora_core.fileio import read_json
+from dflora_core.results.record import RunFolder
+from dflora_core.workbench.backend_base import BackendSpec, check_backend
+from dflora_core.workbench.compare import build_configs
+from dflora_core.workbench.grid import find_run, run_grid
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+needs_ray = pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None, reason="ray is not installed (pip install 'dflora[ray]')"
+)
+
+# threads=1: a run's CPU numbers depend on its thread count (last digits), so a grid compared across backends fixes it
+SETS = ["model.device=cpu", "optim.popsize=4", "lowrank.intrinsic_dim=8", "search.eval_every=8", "threads=1"]
+GRID = (["sst2"], ["c-lora", "f-lora"], [13])
+KW = dict(model="tiny-llama", budget=24, max_test=16, sets=SETS)
+# long enough to be killed after its first checkpoint (30 generations, a checkpoint after each)
+LONG = dict(KW, budget=120, sets=[*SETS, "search.checkpoint_every=1"])
+
+
+def grid_configs():
+    return build_configs(*GRID, **KW)
+
+
+def long_config():
+    return build_configs(["sst2"], ["c-lora"], [42], **LONG)[0]
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory):
+    """The reference: the same runs one after the other in this process."""
+    root = tmp_path_factory.mktemp("serial")
+    run_grid([*grid_configs(), long_config()], root)
+    return root
+
+
+def outcome(root: Path, cfg) -> dict:
+    """What must not depend on the backend: test, best dev, calls, every generation's fitnesses, the learned z."""
+    folder = find_run(root, cfg)
+    rec = RunFolder(folder).finished()
+    assert rec is not None, f"{folder} has no finished record"
+    history = [{k: v for k, v in row.items() if k != "seconds"} for row in read_json(folder / "history.json")]
+    with np.load(folder / "adapter.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    return {"test": rec["test"], "best_dev": rec["best_dev"], "calls": rec["calls"], "history": history, "z": arrays}
+
+
+def assert_same_runs(root_a: Path, root_b: Path, configs) -> None:
+    for cfg in configs:
+        a, b = outcome(root_a, cfg), outcome(root_b, cfg)
+        assert {k: a[k] for k in ("test", "best_dev", "calls")} == {k: b[k] for k in ("test", "best_dev", "calls")}
+        assert a["history"] == b["history"] and len(a["history"]) > 2
+        assert a["z"].keys() == b["z"].keys()
+        for k in a["z"]:
+            np.testing.assert_array_equal(a["z"][k], b["z"][k])
+
+
+# -- settings -------------------------------------------------------------------------------------
+def test_backend_settings_are_checked_in_one_line():
+    check_backend(BackendSpec(name="ray", gpus_per_run=0.25, cpus_per_run=2))
+    check_backend(BackendSpec(name="local", jobs=4))
+    for spec, needle in [(BackendSpec(name="ray", jobs=2), "jobs"), (BackendSpec(name="local", gpus_per_run=1), "gpus_per_run"),
+                         (BackendSpec(name="local", jobs=0), "jobs"), (BackendSpec(name="ray", max_retries=-1), "max_retries"),
+                         (BackendSpec(name="inprocess", address="h:1"), "address")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=needle):
+            check_backend(spec)
+
+
+def test_a_profile_names_its_backend():
+    from dflora_core.config import load_yaml
+    from dflora_core.workbench.profiles import REPO_ROOT, profile_from_dict
+
+    data = load_yaml(REPO_ROOT / "configs" / "smoke.yaml")
+    assert profile_from_dict(data, "smoke").backend.name == "inprocess"  # notebooks: in the kernel by default
+    prof = profile_from_dict({**data, "backend": {"name": "ray", "gpus_per_run": 0.25}}, "smoke")
+    assert prof.backend.gpus_per_run == 0.25 and prof.backend.shared_fs == "auto"
+    with pytest.raises(ConfigError, match="backend.name"):
+        profile_from_dict({**data, "backend": {"name": "slurm"}}, "smoke")
+    with pytest.raises(ConfigError, match="backend.jobs"):
+        profile_from_dict({**data, "backend": {"name": "ray", "jobs": 4}}, "smoke")
+
+
+def test_compare_flags_of_another_backend_are_one_line_errors(tmp_path, capsys):
+    from dflora_core.cli import main
+
+    base = ["compare", "--tasks", "sst2", "--methods", "zeroshot", "--seeds", "1", "--root", str(tmp_path)]
+    for extra, needle in [(["--backend", "ray", "--jobs", "2"], "--jobs"), (["--gpus-per-run", "1"], "--gpus-per-run"),
+                          (["--in-process", "--backend", "ray"], "choose one")]:  # fmt: skip
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1
+
+
+# -- local processes --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def local_grid(tmp_path_factory):
+    """`dflora compare --jobs 2` in a fresh interpreter, which then tells whether Ray got imported. The grid
+    has a third run that fails: rs-lora cannot adapt layer 40 of a 2-layer model (known only in the run)."""
+    root = tmp_path_factory.mktemp("jobs2")
+    argv = ["compare", "--tasks", "sst2", "--methods", "c-lora,f-lora,rs-lora", "--seeds", "13", "--model", "tiny-llama",
+            "--budget", "24", "--max-test", "16", "--root", str(root), "--jobs", "2",
+            "--set", "rs-lora:lowrank.layers=[40]", *[a for s in SETS for a in ("--set", s)]]  # fmt: skip
+    code = (
+        "import json, sys\n"
+        "from dflora_core.cli import main\n"
+        f"code = main({argv!r})\n"
+        "print(json.dumps({'code': code, 'ray': 'ray' in sys.modules}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    *table, last = proc.stdout.strip().splitlines()
+    return root, json.loads(last), "\n".join(table), proc.stderr
+
+
+def test_jobs_2_records_equal_the_serial_grid(local_grid, serial):
+    root = local_grid[0]
+    assert_same_runs(serial, root, grid_configs())
+    for cfg in grid_configs():
+        assert (find_run(root, cfg) / "run.log").is_file()  # each process's own output
+
+
+def test_the_default_backend_never_imports_ray(local_grid):
+    assert local_grid[1]["ray"] is False
+
+
+def test_a_failing_run_does_not_stop_the_others_locally(local_grid):
+    root, report, table, err = local_grid
+    assert report["code"] == 2  # the one-line error after the table
+    [line] = [ln for ln in err.splitlines() if "run failed" in ln]
+    assert "rs-lora sst2 seed 13" in line and "lowrank.layers" in line and str(root) in line
+    assert "| c-lora |" in table and "| f-lora |" in table and "| rs-lora |" not in table
+    assert "1 run(s) failed" in err.splitlines()[-1]
+    assert len(list(root.glob("**/record.json"))) == 2
+
+
+# -- Ray ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ray_instance():
+    """One local instance for the module, started as `--backend ray` starts it (execute then reuses it)."""
+    from dflora_core.workbench.rayrun import connect
+
+    ray, started = connect(BackendSpec(name="ray"))
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def execute_on_ray(root, configs, **spec):
+    from dflora_core.workbench.backends import execute
+
+    return execute(configs, root, spec=BackendSpec(name="ray", **spec))
+
+
+@needs_ray
+def test_the_local_ray_instance_listens_on_the_loopback_address_only(ray_instance):
+    import psutil
+
+    assert ray_instance.util.get_node_ip_address() == "127.0.0.1"
+    assert ray_instance.cluster_resources()["CPU"] == len(os.sched_getaffinity(0))
+    ours = {p.pid for p in psutil.Process().children(recursive=True)}
+    listening = [c for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.pid in ours]
+    assert listening and {c.laddr.ip for c in listening} <= {"127.0.0.1", "::ffff:127.0.0.1"}
+
+
+@needs_ray
+@pytest.mark.parametrize("shared_fs", ["auto", "no"])
+def test_the_ray_grid_records_equal_the_serial_grid(ray_instance, serial, tmp_path, shared_fs):
+    """auto: the workers see the root (probed); no: each run's files come back to the driver."""
+    assert execute_on_ray(tmp_path, grid_configs(), shared_fs=shared_fs) == []
+    assert_same_runs(serial, tmp_path, grid_configs())
+    for cfg in grid_configs():
+        names = {p.name for p in find_run(tmp_path, cfg).iterdir()}
+        assert {"record.json", "history.json", "dev_curve.json", "adapter.npz", "run.log"} <= names
+        assert ("checkpoint.npz" in names) == (shared_fs == "auto")  # the checkpoint does not travel
+    assert not list(tmp_path.glob(".dflora-probe-*"))
+
+
+def kill_after_checkpoint(where: Path, killed: list, timeout: float = 120.0) -> None:
+    """SIGKILL the process that holds an unfinished run's folder once it wrote a checkpoint (its pid is in .lock)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for lock in where.glob("**/.lock"):
+            text = lock.read_text().split()
+            if (lock.parent / "checkpoint.npz").is_file() and "pid" in text and not RunFolder(lock.parent).finished():
+                killed.append(int(text[text.index("pid") + 1]))
+                os.kill(killed[-1], signal.SIGKILL)
+                return
+        time.sleep(0.02)
+
+
+@needs_ray
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_worker_killed_mid_run_is_retried_with_the_same_record(ray_instance, serial, tmp_path, shared):
+    """Shared root: the retry resumes from the checkpoint; otherwise it starts again in a fresh scratch folder."""
+    cfg = long_config()
+    grid, scratch = tmp_path / "grid", tmp_path / "scratch"
+    killed: list[int] = []
+    killer = threading.Thread(target=kill_after_checkpoint, args=(grid if shared else scratch, killed))
+    killer.start()
+    failures = execute_on_ray(grid, [cfg], shared_fs="yes" if shared else "no", scratch=str(scratch))
+    killer.join()
+    assert len(killed) == 1 and failures == []
+    assert_same_runs(serial, grid, [cfg])
+    if shared:  # the retry took the folder's lock in another process
+        assert f"pid {killed[0]} " not in (find_run(grid, cfg) / ".lock").read_text()
+
+
+@needs_ray
+def test_a_failing_ray_run_does_not_stop_the_others(ray_instance, tmp_path, capsys):
+    from dflora_core.workbench.backends import pending_runs
+
+    good, bad = build_configs(["sst2"], ["zeroshot", "c-lora"], [13], **{**KW, "sets": [*SETS, "c-lora:lowrank.layers=[40]"]})
+    [failure] = execute_on_ray(tmp_path, [good, bad])
+    assert failure.run.cfg is bad and "lowrank.layers" in failure.error
+    assert str(find_run(tmp_path, bad)) in capsys.readouterr().err  # reported in one line with its folder
+    assert RunFolder(find_run(tmp_path, good)).finished() is not None
+    assert [p.cfg for p in pending_runs([good, bad], tmp_path)] == [bad]  # a rerun runs only what is missing
+
+
+@needs_ray
+def test_a_profile_plan_runs_on_ray_with_its_tags_and_one_line_per_run(ray_instance, serial, tmp_path):
+    from dflora_core.workbench import live, plans
+
+    planned = [plans.PlannedRun("main", "method", c.method, c, {"study": "main"}) for c in grid_configs()]
+    lines: list[str] = []
+    progress = live.GridProgress(False, log=lines.append)
+    records = plans.run_plan(planned, tmp_path, progress, BackendSpec(name="ray"))
+    progress.close()
+    assert [r["tags"] for r in records] == [{"study": "main"}] * 2
+    assert_same_runs(serial, tmp_path, grid_configs())
+    assert len([ln for ln in lines if ": done · " in ln]) == 2
+    with pytest.raises(DfloraError, match="failed"):
+        bad = grid_configs()[0].replace(**{"lowrank.layers": [40]})
+        plans.run_plan([plans.PlannedRun("main", "method", "c-lora", bad)], tmp_path, None, BackendSpec(name="ray"))
+
+
+@needs_ray
+def test_runs_asking_more_than_this_machine_has_are_a_one_line_error(ray_instance, tmp_path):
+    with pytest.raises(DfloraError, match="asks for 64 CPUs"):
+        execute_on_ray(tmp_path, grid_configs(), cpus_per_run=64)
+    assert not list(tmp_path.glob(".dflora-probe-*"))

