@@ -263,6 +263,16 @@ def make_parser() -> argparse.ArgumentParser:
 
     add_compare(sub.add_parser("compare", help="run methods x tasks x seeds and render the main table"))
     add_bench(sub.add_parser("bench", help="speed, fidelity and memory benchmarks (benchmarks/README.md)"))
+    # using a tuned run (docs/export.md): the parsers live beside their commands in the workbench
+    from .workbench import export, predict, reproduce
+
+    for name, add, text in (
+        ("export", export.add_arguments, "a tuned run as a PEFT adapter, a merged model or BBT prompts"),
+        ("predict", predict.add_predict, "classify texts with a tuned run: label and class probabilities"),
+        ("evaluate", predict.add_evaluate, "score a tuned run on its test set or another task's"),
+        ("reproduce", reproduce.add_arguments, "rerun a finished run from its record and compare"),
+    ):
+        add(sub.add_parser(name, help=text))
     return ap
 
 

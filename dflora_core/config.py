@@ -370,9 +370,12 @@ def check_fields(cfg: RunConfig, num_layers: int | None = None) -> RunConfig:
     depend on the method (budget against one round, the architecture table) are the methods
     table's (``methods.validate``), which calls this first.
     """
-    from .data.tasks import TASKS
+    from .data.tasks import TASKS, get_task, is_task_file
 
-    _check(cfg.data.task in TASKS, "data.task", f"unknown task {cfg.data.task!r}; choose from {sorted(TASKS)}")
+    _check(cfg.data.task in TASKS or is_task_file(cfg.data.task), "data.task",
+           f"unknown task {cfg.data.task!r}; choose from {sorted(TASKS)} or give a task file (docs/tasks.md)")  # fmt: skip
+    if is_task_file(cfg.data.task):
+        get_task(cfg.data.task)  # a bad declaration fails here, before any model is loaded
     _check(cfg.data.shots >= 1, "data.shots", f"must be >= 1, got {cfg.data.shots}")
     _check(cfg.data.max_test is None or cfg.data.max_test >= 1, "data.max_test", "must be >= 1 or empty")
     _check(cfg.data.max_length >= 16, "data.max_length", f"must be >= 16, got {cfg.data.max_length}")

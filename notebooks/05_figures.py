@@ -21,7 +21,7 @@
 #
 # | file | what | the paper's |
 # |---|---|---|
-# | `table_main` | test metric, methods x tasks, mean (std) over seeds; peers with records included | Tables 1-2 |
+# | `table_main` | test metric, methods x tasks, mean (std) over seeds; peers with records included; paired differences to `main.vs` (BBT) with 95% intervals where it has runs | Tables 1-2 |
 # | `table_cost` | time, calls, forward/backward passes, peak memory per method | Table 3 |
 # | `subspace_dimension`, `table_intrinsic_dim` | test metric against $d$ | Figure 3 |
 # | `rank`, `table_rank` | test metric against $r$ | Figure 4 |
@@ -79,8 +79,11 @@ def table(t, name, caption):
 # ## Main comparison and cost (Tables 1-3)
 
 # %%
-main, counts = tables.main_table(collect.main_records(prof, records), prof.main.tasks)
-table(main, "table_main", "Main comparison: test metric x 100, mean (std) over seeds")
+main_recs = collect.main_records(prof, records)
+vs = prof.main.vs if any(r["method"] == prof.main.vs for r in main_recs) else None  # main.vs, where it has runs
+main, counts = tables.main_table(main_recs, prof.main.tasks, vs=vs)
+caption = "Main comparison: test metric x 100, mean (std) over seeds"
+table(main, "table_main", caption + (f"; {tables.VS_CAPTION.format(vs=vs).rstrip('.')}" if vs else ""))
 cost = tables.cost_table(collect.study_frame(plans.main_plan(prof), records))
 table(
     cost,
@@ -95,7 +98,7 @@ if missing:
     )
 
 # %%
-save(plotting.main_comparison_figure(collect.main_records(prof, records), prof.name), "main_comparison")
+save(plotting.main_comparison_figure(main_recs, prof.name), "main_comparison")
 
 # %% [markdown]
 # ## Convergence

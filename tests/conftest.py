@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,3 +41,34 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+EXAMPLE_TASK = str(Path(__file__).resolve().parents[1] / "data" / "examples" / "reviews" / "task.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_models):
+    """A finished tiny run on the example task file, made once per session per settings: ``tiny_run(model,
+    method, **dotted_overrides)`` -> its folder (the tests of export, predict, evaluate and reproduce)."""
+    from dflora_core.runner import run
+
+    made = {}
+
+    def make(model="tiny-llama", method="c-lora", **overrides):
+        key = (model, method, tuple(sorted(overrides.items())))
+        if key not in made:
+            cfg = {"method": method, "seed": 42, "progress": False,
+                   "data": {"task": EXAMPLE_TASK, "shots": 4},
+                   "model": {"name": model, "device": "cpu"},
+                   "lowrank": {"intrinsic_dim": 24, "alpha": 3.0},
+                   "optim": {"popsize": 4},
+                   "search": {"budget": 24, "eval_every": 12, "select_start": False},  # an adapted snapshot
+                   "baseline": {"prompt_tokens": 4, "prompt_dim": 12}}  # fmt: skip
+            from dflora_core.config import from_dict
+
+            out = tmp_path_factory.mktemp(f"{model}-{method}")
+            run(from_dict(cfg).replace(**overrides), out=out, loaded=tiny_models[model])
+            made[key] = out
+        return made[key]
+
+    return make

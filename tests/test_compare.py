@@ -87,6 +87,10 @@ def test_cli_compare(tmp_path, capsys):
     assert main(args) == 0 and "0 new runs" in capsys.readouterr().out
     wider = [a.replace("zeroshot,icl", "zeroshot,icl,lora") for a in args] + ["--table-only"]
     assert main(wider) == 0 and "| lora |" not in capsys.readouterr().out  # lora was never run
+    assert main([*args, "--table-only", "--vs", "zeroshot"]) == 0  # paired differences to zeroshot
+    out = capsys.readouterr().out
+    assert "Δsst2 vs zeroshot" in out and "| zeroshot |" in out and "reference" in out and "paired vs: zeroshot" in out
+    assert main([*args, "--vs", "lora"]) == 2 and "--vs 'lora'" in capsys.readouterr().err
     assert main(["compare", "--tasks", "sst2", "--methods", "nope", "--seeds", "1", "--root", str(tmp_path)]) == 2
     assert "unknown method" in capsys.readouterr().err
 

@@ -83,3 +83,50 @@ def test_the_memory_table_has_methods_by_schemes_with_accuracy_and_peak_memory()
     assert table.loc["zo-sgd block", "lora"].startswith("80.0") and table.loc["zo-sgd block", "prefix"] == ""
     assert table.loc["es-full", "all"].endswith("[1 seed]")
     assert tables.memory_table([rec("default", "sst2", 1, 0.6, 0.5)]).empty  # no schemes: no table
+
+
+def grid_records():
+    """bbt and c-lora on two tasks x five seeds with known paired differences; zeroshot on three seeds."""
+    seeds = (13, 21, 42, 87, 100)
+    base = {"sst2": [0.60, 0.62, 0.58, 0.61, 0.59], "rte": [0.55, 0.50, 0.52, 0.54, 0.53]}
+    diff = {"sst2": [0.02, 0.04, 0.00, 0.06, 0.03], "rte": [-0.05, -0.04, -0.06, -0.05, -0.05]}
+    recs = []
+    for task in base:
+        for i, seed in enumerate(seeds):
+            recs.append(rec("", task, seed, base[task][i], 0.5, method="bbt"))
+            recs.append(rec("", task, seed, base[task][i] + diff[task][i], 0.5, method="c-lora"))
+            if i < 3:
+                recs.append(rec("", task, seed, 0.5, 0.5, method="zeroshot"))
+    for r in recs:
+        r["tags"] = {}
+        r.update(calls=24, forward_passes=1, params_optimised=1, params_stored=1, wall_s=1.0, peak_mem_bytes=1,
+                 zero_shot={"value": 0.5})  # fmt: skip
+    return recs
+
+
+def test_the_paired_columns_of_a_grid_with_known_differences(tmp_path):
+    """sst2: mean +3.0, sd 2.24, se 1.0, t(4) = 2.776 -> [+0.2, +5.8], 4 of 5 seeds won; rte: -5.0 [-5.9, -4.1] 0/5."""
+    import pandas as pd
+
+    from dflora_core.workbench.compare import TABLE_CSV, TABLE_MD, render
+
+    recs = grid_records()
+    grid, _, _ = tables.comparison_table(recs, ["zeroshot", "bbt", "c-lora"], ["sst2", "rte"], vs="bbt")
+    assert grid.loc["c-lora", "Δsst2 vs bbt"] == "+3.0 [+0.2, +5.8] 4/5"
+    assert grid.loc["c-lora", "Δrte vs bbt"] == "-5.0 [-5.9, -4.1] 0/5"
+    assert grid.loc["bbt", "Δsst2 vs bbt"] == "reference"
+    assert grid.loc["zeroshot", "Δsst2 vs bbt"].endswith(" 0/3")  # only the seeds both ran are paired
+    cols = list(grid.columns)
+    assert cols.index("Avg") < cols.index("Δsst2 vs bbt") < cols.index("#Params")
+    assert "Δsst2 vs bbt" not in tables.comparison_table(recs)[0].columns  # only with vs
+
+    out = render(recs, tmp_path, ["zeroshot", "bbt", "c-lora"], ["sst2", "rte"], {"paired vs": "bbt"}, vs="bbt")
+    table = pd.read_csv(tmp_path / TABLE_CSV, index_col=0)
+    assert table.loc["c-lora", "Δrte vs bbt"] == "-5.0 [-5.9, -4.1] 0/5"
+    md = (tmp_path / TABLE_MD).read_text()
+    assert "| c-lora |" in md and "+3.0 [+0.2, +5.8] 4/5" in md and "95% confidence interval" in md
+    assert md == out["markdown"]
+
+    main, _ = tables.main_table(recs, ["sst2", "rte"], vs="bbt")
+    assert main.loc["c-lora", "Δsst2 vs bbt"] == "+3.0 [+0.2, +5.8] 4/5"
+    assert list(tables.main_table(recs, ["sst2"], vs="bbtv2")[0].columns) == ["sst2"]  # no runs of it: no columns

@@ -91,7 +91,9 @@ POOL_FILES: dict[str, tuple[str, ...]] = {
 # --------------------------------------------------------------------------- data root
 
 
-def _root(root: str | Path | None) -> Path:
+def _root(root: str | Path | None, spec: TaskSpec | None = None) -> Path:
+    if spec is not None and spec.files is not None:  # a task file: its paths are relative to its folder
+        return Path(spec.files.root)
     if root is None:
         return data_root()
     path = Path(root).expanduser()
@@ -103,7 +105,17 @@ def _root(root: str | Path | None) -> Path:
 # --------------------------------------------------------------------------- raw readers per task
 
 
+def _test_files(spec: TaskSpec) -> tuple[str, ...]:
+    return spec.files.test_files if spec.files is not None else TEST_FILES[spec.name]
+
+
+def _pool_files(spec: TaskSpec) -> tuple[str, ...]:
+    return spec.files.pool_files if spec.files is not None else POOL_FILES.get(spec.name, ())
+
+
 def _read_test_raw(task: str, root: Path) -> list[Example]:
+    if get_task(task).files is not None:  # a task file (data/user_task.py) reads its own columns
+        return get_task(task).files.read_test(root)
     rel = TEST_FILES[task][0]
     if task == "sst2":
         return L.read_glue_sst2_tsv(root, rel)
@@ -123,6 +135,8 @@ def _read_test_raw(task: str, root: Path) -> list[Example]:
 
 
 def _read_fixed_raw(task: str, root: Path, rel: str) -> list[Example]:
+    if get_task(task).files is not None:
+        return get_task(task).files.read(root, rel)
     if task == "sst2":
         return L.read_glue_sst2_tsv(root, rel)
     if task == "rte":
@@ -139,6 +153,8 @@ def _read_fixed_raw(task: str, root: Path, rel: str) -> list[Example]:
 
 
 def _read_pool_raw(task: str, root: Path) -> list[Example]:
+    if get_task(task).files is not None:
+        return get_task(task).files.read_pool(root)
     files = POOL_FILES[task]
     if task == "sst2":
         return L.read_glue_sst2_tsv(root, files[0])
@@ -171,7 +187,7 @@ def text_key(item: Example | tuple[str, ...] | str) -> str:
 
 
 def _test_examples(spec: TaskSpec, root: Path) -> tuple[list[Example], str]:
-    files = TEST_FILES[spec.name]
+    files = _test_files(spec)
     listed = verify_files(root, {rel: spec.test_size if i == 0 else None for i, rel in enumerate(files)})
     examples = _read_test_raw(spec.name, root)
     what = f"the {spec.title} test set, {spec.test_name}"
@@ -218,7 +234,7 @@ def _clean_pool(task: str, root_s: str, stamps: tuple) -> tuple[tuple[Example, .
     n_classes = len(get_task(task).classes)
     counts = Counter(e.label for e in kept)
     report = {
-        "files": POOL_FILES[task],
+        "files": _pool_files(get_task(task)),
         "raw_rows": len(raw),
         "duplicate_rows_removed": n_dup,
         "conflicting_label_rows_removed": n_conf,
@@ -231,17 +247,17 @@ def _clean_pool(task: str, root_s: str, stamps: tuple) -> tuple[tuple[Example, .
 
 def _pool(task: str, root: Path) -> tuple[list[Example], dict]:
     spec = get_task(task)
-    if spec.pool_kind == "none" or spec.name not in POOL_FILES:
+    if spec.pool_kind == "none" or not _pool_files(spec):
         raise ConfigError(
             "source",
             f"task {spec.name!r} has no train pool: use source='fixed' with one of the seeds "
             f"{', '.join(map(str, spec.fixed_seeds))}",
         )
-    pool_files = POOL_FILES[spec.name]
+    pool_files = _pool_files(spec)
     one = len(pool_files) == 1
     listed = verify_files(root, {rel: spec.pool_size if one else None for rel in pool_files})
     test_level = _test_examples(spec, root)[1]  # the test texts are removed from the pool
-    kept, items = _clean_pool(spec.name, str(root.resolve()), _stamps(root, pool_files + TEST_FILES[spec.name]))
+    kept, items = _clean_pool(spec.name, str(root.resolve()), _stamps(root, pool_files + _test_files(spec)))
     report = dict(items)
     what = f"the {spec.title} train pool"
     level = verification_level(listed, pool_files[0], report["raw_rows"], spec.pool_size, what)
@@ -250,12 +266,12 @@ def _pool(task: str, root: Path) -> tuple[list[Example], dict]:
 
 def load_pool(task: str, *, root: str | Path | None = None) -> list[Example]:
     """The cleaned train pool of ``task`` (deduplicated, test texts removed), in file order."""
-    return _pool(task, _root(root))[0]
+    return _pool(task, _root(root, get_task(task)))[0]
 
 
 def pool_report(task: str, *, root: str | Path | None = None) -> dict:
     """Counts of the pool cleaning: raw rows, duplicates, conflicting labels, test overlap, size."""
-    return _pool(task, _root(root))[1]
+    return _pool(task, _root(root, get_task(task)))[1]
 
 
 # --------------------------------------------------------------------------- few-shot splits
@@ -270,11 +286,13 @@ def _check_int(field: str, value, minimum: int) -> int:
 def fixed_split_paths(task: str, seed: int) -> tuple[str, str]:
     """Relative paths of the shipped ``(train, dev)`` files of ``task`` for ``seed``."""
     spec = get_task(task)
+    if spec.files is not None:
+        return spec.files.fixed_paths(seed)
     folder = f"{FIXED_DIRS[spec.name]}/{_FIXED_K}-{seed}"
     return f"{folder}/train.tsv", f"{folder}/dev.tsv"
 
 
-def _first_k_per_class(rows: list[Example], k: int, n_classes: int, rel: str) -> list[Example]:
+def _first_k_per_class(rows: list[Example], k: int, n_classes: int, rel: str, what: str) -> list[Example]:
     taken = [0] * n_classes
     out = []
     for e in rows:
@@ -283,7 +301,7 @@ def _first_k_per_class(rows: list[Example], k: int, n_classes: int, rel: str) ->
             taken[e.label] += 1
     short = [c for c in range(n_classes) if taken[c] < k]
     if short:
-        raise DataError(f"{rel}: fewer than {k} rows for label(s) {short}; the file is not a {_FIXED_K}-shot split")
+        raise DataError(f"{rel}: fewer than {k} rows for label(s) {short}; the file is not {what}")
     return out
 
 
@@ -295,16 +313,19 @@ def _sample_fixed(task: str, seed: int, k: int, root: Path) -> FewShotSplit:
             f"task {spec.name!r} has fixed {_FIXED_K}-shot splits only for seeds "
             f"{', '.join(map(str, spec.fixed_seeds))}, got {seed}",
         )
-    if k > _FIXED_K:
+    if k > _FIXED_K and spec.files is None:
         raise ConfigError("k", f"k={k} is larger than the {_FIXED_K} examples per class of the fixed splits")
     n = len(spec.classes)
     parts, levels = [], []
+    expected = None if spec.files is not None else _FIXED_K * n  # a task file's splits hold any k per class
     for rel in fixed_split_paths(spec.name, seed):
-        listed = verify_files(root, {rel: _FIXED_K * n})
+        listed = verify_files(root, {rel: expected})
         rows = _read_fixed_raw(spec.name, root, rel)
         what = f"a {_FIXED_K}-shot {spec.title} split ({_FIXED_K} rows per class)"
-        levels.append(verification_level(listed, rel, len(rows), _FIXED_K * n, what))
-        parts.append(_first_k_per_class(rows, k, n, rel))
+        if spec.files is not None:
+            what = f"a {k}-shot split (splits.{seed} of {spec.name})"
+        levels.append(verification_level(listed, rel, len(rows), expected, what))
+        parts.append(_first_k_per_class(rows, k, n, rel, what))
     train_rel, dev_rel = fixed_split_paths(spec.name, seed)
     origin = f"{train_rel}, {dev_rel}" + ("" if k == _FIXED_K else f" (first {k} per class in file order)")
     return FewShotSplit(spec.name, seed, k, "fixed", parts[0], parts[1], origin, weakest(*levels))
@@ -367,7 +388,7 @@ def sample_fewshot(
     if source == "auto":
         source = spec.default_split_source
     seed = _check_int("seed", seed, 0)
-    data = _root(root)
+    data = _root(root, spec)
     if source == "fixed":
         return _sample_fixed(spec.name, seed, k, data)
     return _sample_pool(spec.name, seed, k, data)
@@ -416,7 +437,7 @@ def load_test(
     if max_test is not None:
         max_test = _check_int("max_test", max_test, 1)
     subsample_seed = _check_int("subsample_seed", subsample_seed, 0)
-    examples, verification = _test_examples(spec, _root(root))
+    examples, verification = _test_examples(spec, _root(root, spec))
     full = len(examples)
     n = len(spec.classes)
     full_counts = Counter(e.label for e in examples)
@@ -442,7 +463,7 @@ def load_test(
         full_size=full,
         max_test=used_max,
         subsample_seed=used_seed,
-        origin=", ".join(TEST_FILES[spec.name]),
+        origin=", ".join(_test_files(spec)),
         notes=spec.notes,
         extra=extra,
         verification=verification,

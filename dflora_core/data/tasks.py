@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .types import TaskSpec
+from .user_task import is_task_file, load_task_file
 
-__all__ = ["FIXED_SEEDS", "TASKS", "get_task"]
+__all__ = ["FIXED_SEEDS", "TASKS", "get_task", "is_task_file"]
 
 #: Seeds of the fixed 16-shot splits shipped for every task (LM-BFF / RLPrompt convention).
 FIXED_SEEDS: tuple[int, ...] = (13, 21, 42, 87, 100)
@@ -174,7 +175,10 @@ TASKS: dict[str, TaskSpec] = {
 
 
 def get_task(name: str) -> TaskSpec:
-    """The :class:`TaskSpec` registered as ``name`` (case-insensitive); ConfigError("task") otherwise."""
+    """The :class:`TaskSpec` registered as ``name`` (case-insensitive), or declared in the task file
+    ``name`` (``*.yaml``, data/user_task.py); ConfigError("task") otherwise."""
+    if is_task_file(name):
+        return load_task_file(name)
     key = name.strip().lower() if isinstance(name, str) else None
     if key not in TASKS:
         raise ConfigError("task", f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")

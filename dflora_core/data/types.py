@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 #: How the files behind a split or test set were checked when read, strongest first: size and md5
 #: against the data root's MANIFEST.json; row counts equal to the task's declared sizes (a root
@@ -42,6 +43,9 @@ class TaskSpec:
     # test set, and rows read from the pool files before cleaning (None: not declared)
     test_size: int | None = None
     pool_size: int | None = None
+    # a task declared in a YAML file (data/user_task.py, docs/tasks.md): its files, reader and templates;
+    # None for the seven built-in tasks, whose files are the tables of data/fewshot.py
+    files: Any = None
 
 
 @dataclass

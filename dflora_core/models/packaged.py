@@ -8,6 +8,7 @@ take about a second. A GGUF-loaded model refuses ``save_pretrained`` because of 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import importlib.util
@@ -104,6 +105,20 @@ def cached_folder(spec: PackagedGGUF) -> Path:
     return folder
 
 
+def plain_model(model):
+    """``model`` as ``save_pretrained`` accepts it: a GGUF-loaded model (already de-quantised to fp32)
+    rebuilt from its config without the ``quantization_config`` it refuses; any other model as it is."""
+    if not hasattr(model.config, "quantization_config"):
+        return model
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(model.config)
+    del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(model.state_dict())
+    return plain.eval()
+
+
 def _build_cache(spec: PackagedGGUF, src: Path, folder: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -111,12 +126,7 @@ def _build_cache(spec: PackagedGGUF, src: Path, folder: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{spec.key}-", dir=folder.parent))
     try:
         tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-        gguf_model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name)
-        config = gguf_model.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        model = AutoModelForCausalLM.from_config(config)
-        model.load_state_dict(gguf_model.state_dict())
+        model = plain_model(AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name))
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         info = {

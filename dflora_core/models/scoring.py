@@ -106,6 +106,7 @@ class PromptEncoder:
 
     def _verbalizer_ids(self) -> list[int]:
         ids = []
+        field = self.template.origin or "verbalizer"  # a task file's key (docs/tasks.md), else the config's
         for word in self.template.words:
             # masked LMs with BPE: the label word follows a space unless the mask starts the prompt
             if self.family == "masked":
@@ -115,19 +116,19 @@ class PromptEncoder:
             for w in tries:
                 toks = self.tok(w, add_special_tokens=False).input_ids
                 if len(toks) == 1 and toks[0] == self.tok.unk_token_id:
-                    raise ConfigError("verbalizer", f"label word {w!r} of task {self.task} is unknown to the tokenizer")
+                    raise ConfigError(field, f"label word {w!r} of task {self.task} is unknown to the tokenizer")
                 if len(toks) == 1:
                     ids.append(toks[0])
                     break
             else:
                 pieces = self.tok.convert_ids_to_tokens(self.tok(tries[0], add_special_tokens=False).input_ids)
                 raise ConfigError(
-                    "verbalizer",
+                    field,
                     f"label word {tries[0]!r} of task {self.task} is not one token for this tokenizer "
                     f"(it splits into {pieces}); choose single-token words (verbalizer override)",
                 )
         if len(set(ids)) != len(ids):
-            raise ConfigError("verbalizer", f"two label words of task {self.task} map to the same token")
+            raise ConfigError(field, f"two label words of task {self.task} map to the same token")
         return ids
 
     def _prompt(self, texts: Sequence[str]) -> str:

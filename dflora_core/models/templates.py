@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..data.tasks import get_task
+from ..data.user_task import is_task_file
 from ..errors import ConfigError
 
 
@@ -19,6 +21,7 @@ from ..errors import ConfigError
 class Template:
     pattern: str  # str.format pattern with {0}, {1} and (masked LM) {mask}
     words: tuple[str, ...]  # one verbalizer word per class, in label-index order
+    origin: str = ""  # where a task file declared it ("task.yaml: templates.causal.verbalizer"), for errors
 
 
 _DBPEDIA = (
@@ -55,12 +58,19 @@ def get_template(task: str, family: str, words: tuple[str, ...] | None = None) -
     """
     if family not in FAMILIES:
         raise ConfigError("model family", f"unknown family {family!r}; expected one of {sorted(FAMILIES)}")
-    table = FAMILIES[family]
-    if task not in table:
+    tpl = _declared(task, family) if is_task_file(task) else FAMILIES[family].get(task)
+    if tpl is None:
         raise ConfigError("task", f"no {family} template for task {task!r}")
-    tpl = table[task]
     if words is not None:
         if len(words) != len(tpl.words):
             raise ConfigError("verbalizer", f"{len(words)} words given for {task}, which has {len(tpl.words)} classes")
         tpl = Template(tpl.pattern, tuple(words))
     return tpl
+
+
+def _declared(task: str, family: str) -> Template:
+    """The template a task file declares for ``family`` (data/user_task.py, docs/tasks.md)."""
+    found = get_task(task).files.template(family)
+    if found is None:
+        raise ConfigError(f"{task}: templates.{family}", f"the task file declares no template for a {family} model")
+    return Template(*found, origin=f"{task}: templates.{family}.verbalizer")

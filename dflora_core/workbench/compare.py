@@ -11,7 +11,9 @@ through ``results.grid.run_grid``) and writes, under ``--root``:
     compare_table.md     forward/backward passes, time and memory columns (also printed)
 
 Every run gets the same split, prompt, metric and ``search.budget`` (fitness evaluations;
-step-based methods convert it to steps, docs/baselines.md). ``--set [METHOD:]KEY=VALUE``
+step-based methods convert it to steps, docs/baselines.md). ``--vs METHOD`` adds, per task, the
+paired difference of every method to METHOD over the seeds both ran: mean, 95% t interval over
+seeds and seeds won (``workbench.paired``), to both tables. ``--set [METHOD:]KEY=VALUE``
 overrides a config field for every run or for one method only, e.g.
 ``--set c-lora:lowrank.layers=[-6,-5,-4,-3,-2,-1]``.
 
@@ -41,7 +43,7 @@ from ..results.record import RunRecord
 from .backend_base import BACKENDS, BackendSpec, GridBar, check_backend, stderr_line
 from .backends import execute
 from .grid import finished_run, run_grid
-from .tables import comparison_table, frame, to_markdown
+from .tables import VS_CAPTION, comparison_table, frame, to_markdown
 
 DEFAULT_ROOT = "runs/compare"
 RUNS_CSV, TABLE_CSV, TABLE_MD = "compare_runs.csv", "compare_table.csv", "compare_table.md"
@@ -105,12 +107,13 @@ def build_configs(
     return configs
 
 
-def render(records: list[RunRecord], root: Path, method_names, tasks, header: dict) -> dict:
-    """Write the runs CSV and the table as CSV and Markdown; returns their paths and the Markdown."""
+def render(records: list[RunRecord], root: Path, method_names, tasks, header: dict, vs: str | None = None) -> dict:
+    """Write the runs CSV and the table as CSV and Markdown; returns their paths and the Markdown.
+    ``vs``: a method; the tables get its paired differences per task (``tables.paired_columns``)."""
     root.mkdir(parents=True, exist_ok=True)
     df = frame(records)
     df.to_csv(root / RUNS_CSV, index=False)
-    table, counts, zero_shot = comparison_table(records, method_names, tasks)
+    table, counts, zero_shot = comparison_table(records, method_names, tasks, vs)
     table.to_csv(root / TABLE_CSV)
     metrics = sorted({str(m) for m in df["metric"].dropna()})
     n = sorted({int(c) for c in counts.to_numpy().ravel()})
@@ -129,6 +132,8 @@ def render(records: list[RunRecord], root: Path, method_names, tasks, header: di
         "Zero-shot (manual prompt) on the same test sets: " + ", ".join(f"{t} {v}" for t, v in zero_shot.items()),
         "",
     ]
+    if vs:
+        lines[-1:-1] = [VS_CAPTION.format(vs=vs)]
     text = "\n".join(lines)
     (root / TABLE_MD).write_text(text)
     return {"runs_csv": root / RUNS_CSV, "table_csv": root / TABLE_CSV, "table_md": root / TABLE_MD, "markdown": text}
@@ -148,15 +153,18 @@ def compare(
     on_record: Callable[[dict], None] | None = None,
     table_only: bool = False,
     backend: BackendSpec | None = None,
+    vs: str | None = None,
 ) -> dict:
     """Run the grid (skipping recorded runs), render the table; returns paths, records, the Markdown
     and the runs that failed for good (``failures``, each already reported in one line).
 
     ``backend``: where the pending runs execute (default: local processes, one at a time;
     ``isolate=False``: this process). ``table_only``: run nothing, render the runs of the grid
-    that are already recorded.
+    that are already recorded. ``vs``: one of ``method_names``, the reference of the paired differences.
     """
     root = Path(root)
+    if vs is not None and vs not in method_names:
+        raise DfloraError(f"--vs {vs!r}: the reference must be one of --methods ({', '.join(method_names)})")
     configs = build_configs(tasks, method_names, seeds, model, budget, max_test, sets, base)
     spec = check_backend(backend or BackendSpec(name="local" if isolate else "inprocess"))
     finished = [finished_run(root, c) for c in configs]
@@ -187,8 +195,9 @@ def compare(
         "max test": first.data.max_test,
         "seeds": ",".join(str(s) for s in seeds),
         "device": records[0].get("device") if records else None,
+        "paired vs": vs,
     }
-    out = render(records, root, list(method_names), list(tasks), header)
+    out = render(records, root, list(method_names), list(tasks), header, vs)
     ran = 0 if table_only else len(pending) - len(failures)
     return {**out, "records": records, "ran": ran, "failures": failures}
 
@@ -218,6 +227,7 @@ def _cmd(args) -> int:
         base=base,
         table_only=args.table_only,
         backend=backend_of(args),
+        vs=args.vs,
     )
     print(out["markdown"])
     print(f"wrote {out['table_md']}, {out['table_csv']} and {out['runs_csv']} ({out['ran']} new runs)")
@@ -268,4 +278,6 @@ def add_arguments(p) -> None:
     p.add_argument("--no-shared-fs", action="store_true", help="ray: workers do not see --root (folders come back)")
     p.add_argument("--max-retries", type=int, default=3, help="ray: retries of a run whose worker died")
     p.add_argument("--table-only", action="store_true", help="run nothing: the table of the runs already recorded")
+    p.add_argument("--vs", default=None, metavar="METHOD",
+                   help="add per task the paired difference to METHOD over seeds: mean, 95%% t interval, wins")  # fmt: skip
     p.set_defaults(fn=_cmd)

@@ -39,15 +39,26 @@ def summarize(diffs: Sequence[float]) -> dict:
 
 
 def paired(df, arm: str, reference: str, value: str = "test", by: str = "arm", pair: Sequence[str] = ("task", "seed")):
-    """Per task: ``summarize`` of ``value`` (arm minus reference), over the pairs both arms ran."""
-    a = df[df[by] == arm].set_index(list(pair))[value]
-    r = df[df[by] == reference].set_index(list(pair))[value]
+    """Per task: ``summarize`` of ``value`` (arm minus reference), over the pairs both arms ran (several
+    runs of one arm on one pair, e.g. a method's runs from two grids, count as their mean)."""
+    import pandas as pd
+
+    def side(name):
+        rows = df[df[by] == name].assign(**{value: lambda d: pd.to_numeric(d[value], errors="coerce")})
+        return rows.groupby(list(pair), sort=False)[value].mean()
+
+    a, r = side(arm), side(reference)
     common = a.index.intersection(r.index)
     out = {}
     for task in dict.fromkeys(k[0] for k in common):
         keys = [k for k in common if k[0] == task]
-        out[task] = summarize([float(a[k]) - float(r[k]) for k in keys if a[k] is not None and r[k] is not None])
+        out[task] = summarize([float(a[k]) - float(r[k]) for k in keys if _known(a[k]) and _known(r[k])])
     return out
+
+
+def _known(x) -> bool:
+    """A value of a run that has one (a missing test metric reads as None or NaN from a frame)."""
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
 
 
 def fmt_points(s: dict, scale: float = 100.0) -> str:

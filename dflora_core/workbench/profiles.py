@@ -78,6 +78,7 @@ class MainSpec:
     seeds: tuple[int, ...] = (13, 42)
     methods: tuple[str, ...] = ("zeroshot", "c-lora", "f-lora")
     peers: tuple[str, ...] = ()  # peer baselines run when registered (dflora_core.baselines), else skipped
+    vs: str = "bbt"  # the main table's paired differences are to this method, where it has records ("": none)
 
 
 @dataclass
@@ -261,6 +262,7 @@ def validate_profile(p: Profile) -> Profile:
     bad = [x for x in m.methods if x not in methods.METHODS]
     _check(not bad, "main.methods",
            f"unknown method(s) {bad}; choose from {sorted(methods.METHODS)} (peers go in main.peers)")  # fmt: skip
+    _check(not m.vs or m.vs in methods.METHODS, "main.vs", f"unknown method {m.vs!r}; see `dflora methods`")
     a = p.ablations
     tasks("ablations.task", (a.task,))
     nonempty_unique("ablations.seeds", a.seeds)

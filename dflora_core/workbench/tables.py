@@ -149,15 +149,46 @@ def method_order(names: Iterable[str]) -> list[str]:
     return [m for m in known if m not in dfo] + others + dfo
 
 
-def main_table(records, tasks: Sequence[str]):
-    """Methods x tasks, test metric x 100 as 'mean (std)' over seeds; returns (table, counts)."""
+def main_table(records, tasks: Sequence[str], vs: str | None = None):
+    """Methods x tasks, test metric x 100 as 'mean (std)' over seeds; returns (table, counts).
+    ``vs``: a method of the records; adds its paired differences per task (:func:`paired_columns`)."""
     import pandas as pd
 
     if not records:
         return pd.DataFrame(), pd.DataFrame()
     df = frame(records)
     cols = [t for t in tasks if t in set(df["task"])]
-    return pivot(df, "method", "task", "test", row_order=method_order(df["method"]), col_order=cols)
+    table, counts = pivot(df, "method", "task", "test", row_order=method_order(df["method"]), col_order=cols)
+    for k, v in paired_columns(df, list(table.index), cols, vs, by="method").items():
+        table[k] = v
+    return table, counts
+
+
+def vs_column(task: str, vs: str) -> str:
+    return f"Δ{task} vs {vs}"
+
+
+def paired_columns(df, arms: Sequence[str], tasks: Sequence[str], vs: str | None, by: str = "arm") -> dict:
+    """Per task, the column 'Δ<task> vs <vs>': each arm's test metric minus ``vs``'s paired by seed,
+    'mean [95% t interval] seeds won/seeds paired' in points (``paired.fmt_points``); none without ``vs``."""
+    from .paired import fmt_points, paired
+
+    if not vs or vs not in set(df[by]):
+        return {}
+    diffs = {arm: paired(df, arm, vs, "test", by=by) for arm in arms if arm != vs}
+    return {
+        vs_column(task, vs): [
+            "reference" if arm == vs else fmt_points(diffs[arm][task]) if task in diffs[arm] else "-" for arm in arms
+        ]
+        for task in tasks
+    }
+
+
+VS_CAPTION = (
+    "Δ<task> vs {vs}: the row's test metric minus {vs}'s on the same task and seed (same split, prompt and "
+    "test set), x 100: mean over the seeds both ran [95% confidence interval, Student's t over seeds] and "
+    "the seeds where the row is better / seeds paired."
+)
 
 
 def cost_table(df):
@@ -276,10 +307,12 @@ def _mean(values) -> float | None:
     return sum(v) / len(v) if v else None
 
 
-def comparison_table(records, method_names: Sequence[str] | None = None, tasks: Sequence[str] | None = None):
+def comparison_table(records, method_names: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
+                     vs: str | None = None):  # fmt: skip
     """(table, counts): arms x tasks 'mean (std)' of the test metric (x100), plus the cost columns.
 
     An arm is a method, or a labelled variant of one (``tags.label``, e.g. a search option).
+    ``vs``: an arm; adds its paired differences per task after Avg (:func:`paired_columns`).
     """
     import pandas as pd
 
@@ -303,6 +336,7 @@ def comparison_table(records, method_names: Sequence[str] | None = None, tasks: 
         cols.setdefault("memory", []).append(human_bytes(float(mem.max())) if len(mem) else "-")
     if len(tasks) > 1:
         table["Avg"] = avg
+    cols = {**paired_columns(df, names, tasks, vs), **cols}
     for k, v in cols.items():
         table[k] = v
     zs = []
