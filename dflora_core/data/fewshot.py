@@ -113,43 +113,33 @@ def _pool_files(spec: TaskSpec) -> tuple[str, ...]:
     return spec.files.pool_files if spec.files is not None else POOL_FILES.get(spec.name, ())
 
 
+# The file formats each task's test file and fixed splits come in (the SOURCE notes in data/);
+# test and fixed splits share a format except SNLI (CSV test, TSV splits) and the RLPrompt splits.
+_SHARED_FORMAT = {"sst2": L.read_glue_sst2_tsv, "rte": L.read_glue_rte_tsv, "mrpc": L.read_mrpc_tsv, "yelp": L.read_yelp_tsv}
+_TEST_FORMAT = {
+    **_SHARED_FORMAT,
+    "snli": L.read_snli_csv,
+    "agnews": L.read_agnews_csv,
+    "dbpedia": lambda root, rel: L.read_dbpedia_json(root, rel, TEST_FILES["dbpedia"][1]),
+}
+_FIXED_FORMAT = {
+    **_SHARED_FORMAT,
+    "snli": L.read_snli_tsv,
+    "agnews": lambda root, rel: L.read_rlprompt_tsv(root, rel, len(get_task("agnews").classes)),
+    "dbpedia": lambda root, rel: L.read_rlprompt_tsv(root, rel, len(get_task("dbpedia").classes)),
+}
+
+
 def _read_test_raw(task: str, root: Path) -> list[Example]:
     if get_task(task).files is not None:  # a task file (data/user_task.py) reads its own columns
         return get_task(task).files.read_test(root)
-    rel = TEST_FILES[task][0]
-    if task == "sst2":
-        return L.read_glue_sst2_tsv(root, rel)
-    if task == "rte":
-        return L.read_glue_rte_tsv(root, rel)
-    if task == "mrpc":
-        return L.read_mrpc_tsv(root, rel)
-    if task == "snli":
-        return L.read_snli_csv(root, rel)
-    if task == "agnews":
-        return L.read_agnews_csv(root, rel)
-    if task == "yelp":
-        return L.read_yelp_tsv(root, rel)
-    if task == "dbpedia":
-        return L.read_dbpedia_json(root, rel, TEST_FILES[task][1])
-    raise AssertionError(task)
+    return _TEST_FORMAT[task](root, TEST_FILES[task][0])
 
 
 def _read_fixed_raw(task: str, root: Path, rel: str) -> list[Example]:
     if get_task(task).files is not None:
         return get_task(task).files.read(root, rel)
-    if task == "sst2":
-        return L.read_glue_sst2_tsv(root, rel)
-    if task == "rte":
-        return L.read_glue_rte_tsv(root, rel)
-    if task == "mrpc":
-        return L.read_mrpc_tsv(root, rel)
-    if task == "snli":
-        return L.read_snli_tsv(root, rel)
-    if task == "yelp":
-        return L.read_yelp_tsv(root, rel)
-    if task in ("agnews", "dbpedia"):
-        return L.read_rlprompt_tsv(root, rel, len(get_task(task).classes))
-    raise AssertionError(task)
+    return _FIXED_FORMAT[task](root, rel)
 
 
 def _read_pool_raw(task: str, root: Path) -> list[Example]:
