@@ -16,8 +16,9 @@ model) and returns the method-specific fields of the record.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -288,12 +289,28 @@ class RunContext:
                 )
             return None
         saved = load_state(path)
-        if not isinstance(saved, dict) or "state" not in saved:
+        if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
             raise DfloraError(f"{path}: not a run checkpoint")
         if self.identity is not None and saved.get("identity") != self.identity:
             raise DfloraError(f"{path} was written by another configuration ({_diff(saved.get('identity'), self.identity)}); "
                               "use another --out, or --overwrite to restart this one")  # fmt: skip
         return saved["state"]
+
+    @contextlib.contextmanager
+    def restoring(self) -> Iterator[None]:
+        """Around a method's restore from ``load_checkpoint()``: a state of the right configuration but not
+        the method's structure (an entry missing, a wrong type) is a one-line error naming the file."""
+        try:
+            yield
+        except DfloraError as err:  # the method's own checks (a version, the model's statistics): name the file
+            if str(self.path / CHECKPOINT) in str(err):
+                raise
+            raise DfloraError(f"{self.path / CHECKPOINT}: {err}") from err
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            raise DfloraError(
+                f"{self.path / CHECKPOINT}: malformed run checkpoint ({type(err).__name__}: {err}); "
+                "restart the run with --overwrite (runs are deterministic: same result)"
+            ) from err
 
 
 def _diff(old: Any, new: dict[str, Any]) -> str:

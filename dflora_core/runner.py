@@ -75,11 +75,17 @@ def run(
     if out is None:
         return _run(cfg, None, False, loaded, tags, callbacks)
     folder = RunFolder(out)
+    made = not folder.path.exists()
     with folder.lock():
-        done = _check_out(folder, cfg, resume, overwrite)
-        if done is not None:
-            return done
-        return _run(cfg, folder, resume and not overwrite, loaded, tags, callbacks)
+        try:
+            done = _check_out(folder, cfg, resume, overwrite)
+            if done is not None:
+                return done
+            return _run(cfg, folder, resume and not overwrite, loaded, tags, callbacks)
+        except DfloraError:
+            if made:  # still holding the lock: a folder this call made, for a run refused before its first checkpoint
+                folder.remove_unstarted()
+            raise
 
 
 def _run(cfg: RunConfig, folder: RunFolder | None, resume: bool, loaded, tags, callbacks) -> RunRecord:

@@ -266,3 +266,67 @@ def test_library_callers_get_the_same_errors(tmp_path, tiny_models):
     run(cfg, out=tmp_path, loaded=tiny_models["tiny-llama"])
     with pytest.raises(DfloraError, match="finished run"):
         run(cfg, out=tmp_path, loaded=tiny_models["tiny-llama"])
+
+
+# -- found by benchmarks/fault_census.py ---------------------------------------------------------------
+@pytest.mark.parametrize("edit", ["a list", "no z"])
+def test_a_checkpoint_of_the_right_config_but_a_malformed_state_is_a_one_line_error(tmp_path, capsys, edit):
+    from dflora_core.statefile import load_state, save_state
+
+    out = run_tiny(tmp_path, capsys, edit.replace(" ", "-"))
+    (out / "record.json").unlink()
+    saved = load_state(out / "checkpoint.npz")  # the identity stays right: only the state is damaged
+    state = [1, 2] if edit == "a list" else {k: v for k, v in saved["state"].items() if k != "z"}
+    save_state(out / "checkpoint.npz", {**saved, "state": state})
+    one_line_error(capsys, ["run", *TINY, "--out", str(out), "--resume"], "checkpoint.npz")
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "other shapes"])
+def test_weights_transformers_cannot_load_are_a_one_line_error(tmp_path, capsys, damage):
+    from dflora_core.models.tiny import build_tiny
+
+    folder = tmp_path / "model"
+    model, tok = build_tiny("tiny-llama")
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    if damage == "truncated weights":
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 48}))
+    argv = ["zeroshot", "--model", str(folder), "--device", "cpu", "--task", "sst2", "--max-test", "8"]
+    one_line_error(capsys, argv, str(folder))
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"done"', "no test", "test is text"])
+def test_a_record_that_is_not_a_record_object_is_named_in_one_line(tmp_path, capsys, content):
+    root = tmp_path / "grid"
+    argv = ["compare", "--tasks", "sst2", "--methods", "zeroshot", "--seeds", "13", "--model", "tiny-llama",
+            "--max-test", "8", "--root", str(root), "--in-process", "--set", "model.device=cpu"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    [rec] = root.glob("**/record.json")
+    data = json.loads(rec.read_text())
+    if content == "no test":
+        content = json.dumps({k: v for k, v in data.items() if k != "test"})
+    elif content == "test is text":
+        content = json.dumps({**data, "test": "n/a"})
+    rec.write_text(content)
+    one_line_error(capsys, [*argv, "--table-only"], str(rec))
+    one_line_error(capsys, ["run", *TINY, "--out", str(rec.parent), "--resume"], str(rec))
+
+
+@pytest.mark.parametrize("flag, value", [("--alpha", "1e300"), ("--device", "tpu")])
+def test_a_run_refused_after_its_folder_was_made_leaves_no_folder(tmp_path, capsys, flag, value):
+    out = tmp_path / "never"
+    args = list(TINY)
+    if flag in args:
+        args[args.index(flag) + 1] = value
+    else:
+        args += [flag, value]
+    one_line_error(capsys, ["run", *args, "--out", str(out)])
+    assert not out.exists()
+    out.mkdir()  # a folder that was there before is kept, even empty
+    one_line_error(capsys, ["run", *args, "--out", str(out)])
+    assert out.is_dir()

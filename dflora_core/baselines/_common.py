@@ -220,13 +220,14 @@ def run_steps(method: StepMethod, exp: Experiment, ctx: RunContext) -> dict:
     best = None
     ckpt = ctx.load_checkpoint()
     if ckpt is not None and ckpt.get("kind") == "steps" and ckpt.get("plan") == plan.as_dict():
-        restore(method.params, ckpt["params"])
-        method.load_opt_state(ckpt["opt"])
-        method.forward_rows, method.backward_rows, method.jvp_rows = ckpt["rows"]
-        rng.bit_generator.state = ckpt["rng"]
-        state, best = ckpt["state"], ckpt["best"]
-        selection.load_state_dict(ckpt["selection"])
-        tests.load_state_dict(ckpt["tests"])
+        with ctx.restoring():
+            restore(method.params, ckpt["params"])
+            method.load_opt_state(ckpt["opt"])
+            method.forward_rows, method.backward_rows, method.jvp_rows = ckpt["rows"]
+            rng.bit_generator.state = ckpt["rng"]
+            state, best = ckpt["state"], ckpt["best"]
+            selection.load_state_dict(ckpt["selection"])
+            tests.load_state_dict(ckpt["tests"])
     on_eval = ctx.callback("on_eval")
 
     def evaluate_dev() -> None:

@@ -47,6 +47,7 @@ class ModelEntry:
 
 
 def _load_folder(folder: Path, gguf_file: str | None = None, masked: bool | None = None):
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
@@ -59,8 +60,11 @@ def _load_folder(folder: Path, gguf_file: str | None = None, masked: bool | None
         cls = AutoModelForMaskedLM if masked else AutoModelForCausalLM
         tok = AutoTokenizer.from_pretrained(folder, **kwargs)
         model = cls.from_pretrained(folder, dtype=torch.float32, **kwargs)
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, SafetensorError) as err:  # SafetensorError: a damaged weights file
         raise ModelError(f"model {folder}: cannot load it with transformers ({str(err).splitlines()[0]})") from err
+    except RuntimeError as err:  # transformers' loading report: tensors that do not fit config.json
+        why = "tensor shapes differ from config.json" if "mismatched_sizes" in str(err) else str(err).splitlines()[0]
+        raise ModelError(f"model {folder}: its weights do not fit the model its config.json describes ({why})") from err
     return model.eval(), tok
 
 

@@ -104,6 +104,8 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], folder: str | Path | None = None) -> RunRecord:
+        if not isinstance(data, dict):
+            raise ValueError(f"not a run record (a JSON {type(data).__name__}, not an object)")
         data = upgrade(data)
         names = {f.name for f in dataclasses.fields(cls)} - {"result", "folder"}
         known = {k: v for k, v in data.items() if k in names}
@@ -113,6 +115,8 @@ class RunRecord:
         missing = [k for k in ("method", "task", "model", "seed", "config") if k not in known]
         if missing:
             raise ValueError(f"not a run record (no {', '.join(missing)})")
+        if known.get("status") == "done" and not isinstance(known.get("test"), dict):
+            raise ValueError("a finished run record without its test score")  # every finished run has one
         return cls(**known, result=extra, folder=Path(folder) if folder is not None else None)
 
     # -- reading like the JSON ----------------------------------------------------------------
@@ -205,6 +209,16 @@ class RunFolder:
                 del _HELD[key]
                 fcntl.flock(f, fcntl.LOCK_UN)
                 f.close()
+
+    def remove_unstarted(self) -> None:
+        """Remove the folder when it holds no result: at most its lock, config and a ``running`` record
+        (a run refused before its first checkpoint, e.g. a projection that would overflow)."""
+        with contextlib.suppress(OSError, DfloraError):
+            names = {p.name for p in self.path.iterdir()}
+            if names <= {LOCK, CONFIG, RECORD} and (RECORD not in names or not self.read().done):
+                for name in names:
+                    (self.path / name).unlink()
+                self.path.rmdir()
 
     def set_aside(self) -> None:
         """Before a run is redone (--overwrite): keep its finished record, drop its state files."""

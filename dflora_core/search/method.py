@@ -63,7 +63,8 @@ def run_search(exp: Experiment, search: LayerwiseSearch, ctx: RunContext, test_e
     """
     state = ctx.load_checkpoint()
     if state is not None:
-        search.load_state_dict(state)
+        with ctx.restoring():
+            search.load_state_dict(state)
     start = ctx.callback("on_start")
     if start is not None:
         start(search)

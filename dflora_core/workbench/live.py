@@ -247,7 +247,8 @@ class TrainingSession:
         self.search = LayerwiseSearch(self.exp, ctx, self._on_generation, self._on_eval)
         state = ctx.load_checkpoint()
         if state is not None:
-            self.search.load_state_dict(state)
+            with ctx.restoring():
+                self.search.load_state_dict(state)
         self.search.start()
         self.progress.start(self.search)
 
