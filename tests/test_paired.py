@@ -33,6 +33,7 @@ def test_pairs_are_matched_by_task_and_seed_only_where_both_arms_ran():
     assert out["sst2"]["n"] == 2 and out["sst2"]["mean"] == pytest.approx(0.05) and out["sst2"]["wins"] == 2
     table = tables.options_table(recs)
     assert list(table.index) == ["default", "bandit"]
+    assert list(tables.options_table(recs[::-1]).index) == ["default", "bandit"]  # the reference first, always
     assert table.loc["bandit", "sst2 Δtest"].startswith("+5.0 [") and table.loc["bandit", "sst2 Δtest"].endswith("2/2")
     assert table.loc["bandit", "sst2 Δdev"].startswith("+5.0")
 

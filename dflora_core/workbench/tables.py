@@ -357,7 +357,8 @@ def options_table(records, reference: str = "default"):
     if df.empty:
         return pd.DataFrame()
     rows = []
-    for arm in dict.fromkeys(df["arm"]):
+    arms = list(dict.fromkeys(df["arm"]))
+    for arm in sorted(arms, key=lambda a: a != reference):  # the reference first, the others as recorded
         row = {"arm": arm}
         dev, test = paired(df, arm, reference, "best_dev"), paired(df, arm, reference, "test")
         for task in dict.fromkeys(df["task"]):
