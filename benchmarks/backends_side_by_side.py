@@ -42,11 +42,16 @@ def run_compare(root: Path, args: list[str]) -> dict:
     return out
 
 
+def _outcome(value):
+    """A record field without its timings (a test score's ``seconds`` measure the machine, not the run)."""
+    return {k: v for k, v in value.items() if k != "seconds"} if isinstance(value, dict) else value
+
+
 def run_outcomes(root: Path) -> dict[str, dict]:
     out = {}
     for rec_path in sorted(root.glob("**/record.json")):
         folder, rec = rec_path.parent, json.loads(rec_path.read_text())
-        item = {k: rec.get(k) for k in SAME_FIELDS}
+        item = {k: _outcome(rec.get(k)) for k in SAME_FIELDS}
         if (folder / "history.json").is_file():
             item["history"] = [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads((folder / "history.json").read_text())]
         if (folder / "adapter.npz").is_file():
@@ -62,14 +67,20 @@ def main() -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--ray-args", default=f"--cpus-per-run {len(os.sched_getaffinity(0))}")
     p.add_argument("compare_args", nargs=argparse.REMAINDER)
+    p.add_argument("--compare-only", metavar="BASE", help="compare the roots BASE/local and BASE/ray of an earlier "
+                   "run again (its times from --out's JSON), running nothing")  # fmt: skip
     a = p.parse_args()
     args = [x for x in a.compare_args if x != "--"]
-    base = Path(tempfile.mkdtemp(prefix="dflora-side-by-side-"))
+    base = Path(a.compare_only or tempfile.mkdtemp(prefix="dflora-side-by-side-"))
     doc: dict = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu_count": os.cpu_count(), "backends": {}}
+    if a.compare_only:  # keep the earlier run's times and commands, compare its folders again
+        earlier = json.loads(Path(a.out).read_text())
+        doc = {**earlier, "compared_again": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     outcomes, tables = {}, {}
     for name, extra in (("local", []), ("ray", ["--backend", "ray", *shlex.split(a.ray_args)])):
         root = base / name
-        doc["backends"][name] = run_compare(root, [*args, *extra])
+        if not a.compare_only:
+            doc["backends"][name] = run_compare(root, [*args, *extra])
         outcomes[name] = run_outcomes(root)
         tables[name] = pd.read_csv(root / "compare_table.csv", index_col=0)
         doc["backends"][name]["runs"] = {k: {"wall_s": v["wall_s"], "torch_threads": v["torch_threads"]}
