@@ -122,14 +122,18 @@ def test_es_update_is_the_rank_weighted_sum_of_regenerated_member_noise():
 
 
 # -- schemes and enhancements ------------------------------------------------------------------------
-def test_block_cycle_visits_layers_bottom_to_top_and_around():
-    from dflora_core.baselines.zo_schemes import BlockCycle
+def test_block_wise_zo_steps_by_the_layer_wise_searchs_round_robin():
+    from dflora_core.search.schedule import RoundRobin
 
-    cycle = BlockCycle(3)
-    assert [cycle.block(s) for s in range(7)] == [0, 1, 2, 0, 1, 2, 0]
-    assert cycle.round(6) == 2
+    cycle = RoundRobin(3)
+    assert [cycle.layer_at(s) for s in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+    stepped = []
+    for _ in range(7):  # the search's stateful walk visits the same layers
+        stepped.append(cycle.next_layer())
+        cycle.update(stepped[-1], 0.0, 1)
+    assert stepped == [0, 1, 2, 0, 1, 2, 0] and cycle.round == 2
     with pytest.raises(ValueError):
-        BlockCycle(0)
+        RoundRobin(0)
 
 
 def test_magnitude_mask_keeps_the_largest_entries_and_breaks_ties_by_seed():

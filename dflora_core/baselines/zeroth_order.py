@@ -31,10 +31,11 @@ from torch import nn
 from ..experiment import Experiment
 from ..methods import RunContext
 from ..models.scoring import class_logits
+from ..search.schedule import RoundRobin
 from ..seeds import derive
 from ._common import StepMethod, batch_loss_terms, make_loss, no_grad_params, run_steps
 from .gradient import _finish, live_head
-from .zo_schemes import BlockCycle, Trainable, magnitude_masks, split_hybrid, trainable
+from .zo_schemes import Trainable, magnitude_masks, split_hybrid, trainable
 
 # MeZO's settings, the same for every method of the family: LoRA lr 1e-4 / eps 1e-2, full
 # parameters lr 1e-6 / eps 1e-3, prefix (and input prompt) lr 1e-3 / eps 1e-1 (untuned here)
@@ -79,12 +80,12 @@ class DirectionalStep(StepMethod):
         self.scheme = exp.cfg.seed_scheme
         self.loss_fn = make_loss(exp.cfg.search.loss, exp.task.metric)
         self.blocks = [b for b in blocks if b] if blocks is not None else None
-        self.cycle = BlockCycle(len(self.blocks)) if self.blocks else None
+        self.cycle = RoundRobin(len(self.blocks)) if self.blocks else None  # the layer-wise search's schedule
 
     def active(self, step: int, names=None) -> dict[str, torch.Tensor]:
         """The tensors perturbed at ``step``: its block (block-wise ZO) or all of ``names``."""
         if self.cycle is not None:
-            names = self.blocks[self.cycle.block(step)]
+            names = self.blocks[self.cycle.layer_at(step)]
         return {n: self.params[n] for n in (self.params if names is None else names)}
 
     def loss(self, batch) -> float:

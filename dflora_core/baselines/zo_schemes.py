@@ -16,8 +16,8 @@ a step perturbs in place, grouped into blocks by transformer layer, bottom to to
 
 Enhancements (each an option of every ZO method):
 
-- block-wise ZO (``baseline.zo_block``): ``BlockCycle`` visits one block per step, bottom to
-  top and around again; a step perturbs and updates that block only.
+- block-wise ZO (``baseline.zo_block``): the layer-wise search's ``search.schedule.RoundRobin``
+  visits one block per step, bottom to top and around again; a step perturbs and updates that block only.
 - hybrid ZO/FO (``baseline.zo_hybrid_layers`` = K): ``split_hybrid`` gives the top K layers'
   tensors to backpropagation (the backward stops K layers down) and keeps the rest ZO.
 - sparsity-induced ZO (``baseline.zo_sparsity`` = s): ``magnitude_masks`` keeps, per tensor,
@@ -43,28 +43,6 @@ from .gradient import lora_seed, peft_lora
 from .prompt_tuning import prompt_experiment
 
 OUTSIDE = -1  # the block of the tensors outside every transformer layer (embeddings, final norm)
-
-
-@dataclass(frozen=True)
-class BlockCycle:
-    """One block per step, bottom to top, then around again: block(step) = step mod blocks.
-
-    A schedule over layer-like blocks with no state beyond the step (so a resumed run visits
-    the same block); the layer-wise search visits its layers in the same order.
-    """
-
-    num_blocks: int
-
-    def __post_init__(self) -> None:
-        if self.num_blocks < 1:
-            raise ValueError(f"a cycle needs at least one block, got {self.num_blocks}")
-
-    def block(self, step: int) -> int:
-        return step % self.num_blocks
-
-    def round(self, step: int) -> int:
-        """Completed passes over all blocks before ``step``."""
-        return step // self.num_blocks
 
 
 @dataclass

@@ -51,11 +51,17 @@ class LayerSchedule:
 
 class RoundRobin(LayerSchedule):
     def __init__(self, num_layers: int, per_visit: int = 1):
+        if num_layers < 1 or per_visit < 1:
+            raise ValueError(f"a round needs >= 1 layer and >= 1 generation per visit, got {num_layers}, {per_visit}")
         super().__init__(num_layers)
         self.per_visit = per_visit
 
     def next_layer(self) -> int:
-        return (self.generations // self.per_visit) % self.num_layers
+        return self.layer_at(self.generations)
+
+    def layer_at(self, generation: int) -> int:
+        """The layer of a given generation (stateless: block-wise zeroth order steps by it too)."""
+        return (generation // self.per_visit) % self.num_layers
 
     @property
     def round(self) -> int:
