@@ -46,6 +46,17 @@ def run_tiny(tmp_path, capsys, name="run", *extra) -> Path:
     return out
 
 
+def zeroshot_grid(tmp_path, capsys) -> tuple[list[str], Path]:
+    """A finished one-run zero-shot grid: its compare argv and its record's path."""
+    root = tmp_path / "grid"
+    argv = ["compare", "--tasks", "sst2", "--methods", "zeroshot", "--seeds", "13", "--model", "tiny-llama",
+            "--max-test", "8", "--root", str(root), "--in-process", "--set", "model.device=cpu"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    [rec] = root.glob("**/record.json")
+    return argv, rec
+
+
 class Payload:
     """Unpickling this runs code: it would create a marker file."""
 
@@ -158,12 +169,7 @@ def test_a_corrupted_record_is_named_in_one_line(tmp_path, capsys, where):
         (out / "record.json").write_text('{"status": "do')
         one_line_error(capsys, ["run", *TINY, "--out", str(out), "--resume"], "record.json", "unreadable")
         return
-    root = tmp_path / "grid"
-    argv = ["compare", "--tasks", "sst2", "--methods", "zeroshot", "--seeds", "13", "--model", "tiny-llama",
-            "--max-test", "8", "--root", str(root), "--in-process", "--set", "model.device=cpu"]  # fmt: skip
-    assert main(argv) == 0
-    capsys.readouterr()
-    [rec] = root.glob("**/record.json")
+    argv, rec = zeroshot_grid(tmp_path, capsys)
     rec.write_text("[1, 2")
     one_line_error(capsys, [*argv, "--table-only"], str(rec))
 
@@ -301,12 +307,7 @@ def test_weights_transformers_cannot_load_are_a_one_line_error(tmp_path, capsys,
 
 @pytest.mark.parametrize("content", ["[1, 2]", '"done"', "no test", "test is text"])
 def test_a_record_that_is_not_a_record_object_is_named_in_one_line(tmp_path, capsys, content):
-    root = tmp_path / "grid"
-    argv = ["compare", "--tasks", "sst2", "--methods", "zeroshot", "--seeds", "13", "--model", "tiny-llama",
-            "--max-test", "8", "--root", str(root), "--in-process", "--set", "model.device=cpu"]  # fmt: skip
-    assert main(argv) == 0
-    capsys.readouterr()
-    [rec] = root.glob("**/record.json")
+    argv, rec = zeroshot_grid(tmp_path, capsys)
     data = json.loads(rec.read_text())
     if content == "no test":
         content = json.dumps({k: v for k, v in data.items() if k != "test"})
