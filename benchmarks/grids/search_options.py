@@ -81,8 +81,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)  # two grids side by side on 2 cores; the record says so (machine.torch_threads)
-    for cfg, tags in runs:  # one at a time: a record lands as soon as its run is done
-        run_grid([cfg], root, [tags])
+    # in order; each run's folder is written as soon as it finishes, and the model is loaded once
+    run_grid([cfg for cfg, _ in runs], root, [tags for _, tags in runs])
 
 
 if __name__ == "__main__":

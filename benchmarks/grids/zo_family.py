@@ -76,8 +76,8 @@ def main() -> None:
         for cfg, tags in runs:
             print(tags["label"], cfg.method, cfg.seed)
         return
-    for cfg, tags in runs:  # one at a time: a record lands as soon as its run is done
-        run_grid([cfg], args.root, [tags])
+    # in order; each run's folder is written as soon as it finishes, and the model is loaded once
+    run_grid([cfg for cfg, _ in runs], args.root, [tags for _, tags in runs])
 
 
 if __name__ == "__main__":
