@@ -67,11 +67,21 @@ def test_the_gpu_script_runs_through_on_a_cpu_in_its_dry_run(pieces, tmp_path):
     with tarfile.open(out / "dry-logs.tar.gz") as tar:
         steps = tar.extractfile("./steps.tsv").read().decode().splitlines()
         assert "sha256 checked" in tar.extractfile("./install.log").read().decode()
-    assert [s.split("\t")[1] for s in steps] == ["0"] * 5, steps  # 2 x speed, fidelity, memory, grid
+    # 2 x speed, fidelity, memory, the paper's grid, then the search options (3 parts) and the zeroth-order family
+    assert [s.split("\t")[:2] for s in steps][-4:] == [["options-sst2", "0"], ["options-mrpc", "0"],
+                                                       ["options-peers", "0"], ["zo-family", "0"]], steps  # fmt: skip
+    assert [s.split("\t")[1] for s in steps] == ["0"] * 9, steps
     with tarfile.open(out / "dry-grid.tar.gz") as tar:
         names = tar.getnames()
-        records = [json.load(tar.extractfile(n)) for n in names if n.endswith("/record.json")]
-    assert len(records) == 2 and {r["status"] for r in records} == {"done"}
+        records = {n: json.load(tar.extractfile(n)) for n in names if n.endswith("/record.json")}
+    assert {r["status"] for r in records.values()} == {"done"}
+    roots = [n.split("/")[1] if n.split("/")[1] in ("search-options-6000", "zo-family") else "paper" for n in records]
+    assert {r: roots.count(r) for r in set(roots)} == {"paper": 2, "search-options-6000": 2, "zo-family": 2}
+    labels = {r["tags"]["label"] for n, r in records.items() if "search-options-6000" in n}
+    assert labels == {"default", "output-calibrated"}  # MRPC and the peers are checked and listed only (dry run)
+    with tarfile.open(out / "dry-logs.tar.gz") as tar:
+        listed = tar.extractfile("./options-peers.log").read().decode().split()
+    assert {"f-lora", "zo-sgd", "lora"} <= set(listed)
     assert not [n for n in names if n.endswith(("checkpoint.npz", ".lock"))]
 
 

@@ -33,7 +33,10 @@
 #     131k padded tokens a few GB: 10 of them use <= 50 of 141 GB) and one CPU thread each of the 16
 #     cores, so SST-2's 10 runs (C-LoRA, F-LoRA x 5 seeds) run at once and take ~1.5-2 minutes
 #     shared; then RTE, MRPC, SNLI, AG News, Yelp, DBPedia (cheapest first: prompt length, train set
-#     and test set sizes). What does not fit is left for the next `run`.
+#     and test set sizes). What does not fit is left for the next `run`. Then, in what time is left (a later
+#     `run` reaches them once the paper's grid is recorded): issue 14's search options at 6,000 calls
+#     (benchmarks/grids/search_options.py, root search-options-6000) and issue 15's zeroth-order family
+#     (benchmarks/grids/zo_family.py, root zo-family, es-full on every seed), JOBS runs at a time.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
@@ -177,6 +180,11 @@ run() {
     local mem=(--model gpt2-xl-shape --batch 16 --seq 512 --timeout 60)
     local grid=(--config configs/paper.yaml --tasks sst2,rte,mrpc,snli,agnews,yelp,dbpedia --methods c-lora,f-lora
         --seeds 13,21,42,87,100)
+    # after the paper's grid (each in its own root under $runs): issue 14's search options at the paper's
+    # 6,000 calls (every arm on SST-2 and MRPC, the peers for accuracy against calls), issue 15's family
+    local opts=(--budget 6000 --set model.device="$dev") all_arms=default,output-calibrated,calibrated-logits
+    all_arms+=,output+logits,fitness-calibrated,bandit
+    local zo=(--set model.device="$dev") listed=()
     STEPS_S="${STEPS_S:-420}"
     if [ -n "$DRY" ]; then
         dev=cpu jobs=2 STEPS_S=600
@@ -185,6 +193,11 @@ run() {
         shapes=(gpt2-tiny-shape tiny-llama) fid=(--model tiny-llama --tasks sst2 --layers -1)  # a shape, a registry model
         mem=(--model gpt2-tiny-shape --batch 2 --seq 32 --configs clora-population --timeout 120)
         grid=(--config configs/smoke.yaml --tasks sst2 --methods c-lora,f-lora --seeds 13 --budget 18)
+        local tiny=(--seeds 13 --set model.name=tiny-llama --set data.max_test=16 --set lowrank.intrinsic_dim=8
+            --set optim.popsize=4)
+        opts=(--budget 12 "${tiny[@]}") all_arms=default,output-calibrated
+        zo=("${tiny[@]}" --set search.budget=8 --arms zo-sgd,zo-sgd-mmt)
+        listed=(--dry-run)  # MRPC and the peers: their configurations checked and listed, not run (suite time)
     fi
     { nvidia-smi 2>&1 || true; "$PY" -m pip list 2>&1; } > "$LOGS/environment.txt"
     DEADLINE=$((SECONDS + STEPS_S))
@@ -196,6 +209,14 @@ run() {
     step fidelity 45 "${DF[@]}" bench fidelity --device "$dev" "${fid[@]}" --dtypes bfloat16 --out "$out/$prefix-fidelity.json"
     step memory 75 "${DF[@]}" bench memory --device "$dev" "${mem[@]}" --out "$out/$prefix-memory.json"
     step grid 0 "${DF[@]}" compare "${grid[@]}" --root "$runs" --jobs "$jobs"
+    local g=benchmarks/grids later=100000  # later grids: what time the paper's grid left, skipped when none
+    step options-sst2 $later "$PY" $g/search_options.py --part sst2 --arms $all_arms "${opts[@]}" \
+        --root "$runs/search-options-6000" --jobs "$jobs"
+    step options-mrpc $later "$PY" $g/search_options.py --part mrpc --arms $all_arms "${opts[@]}" \
+        --root "$runs/search-options-6000" --jobs "$jobs" "${listed[@]}"
+    step options-peers $later "$PY" $g/search_options.py --part peers "${opts[@]}" --root "$runs/search-options-6000" \
+        --jobs "$jobs" "${listed[@]}"
+    step zo-family $later "$PY" $g/zo_family.py "${zo[@]}" --root "$runs/zo-family" --jobs "$jobs"
     say "packing"  # (c): run folders without checkpoints and locks, and the logs: with the JSONs <= 8 files
     tar -czf "$out/$prefix-grid.tar.gz" -C "$runs" --exclude=checkpoint.npz --exclude=.lock --exclude='*.tmp' .
     tar -czf "$out/$prefix-logs.tar.gz" -C "$LOGS" .

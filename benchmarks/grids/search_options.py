@@ -1,21 +1,24 @@
 """The measurements of issue 14 (the search options), as a resumable grid of labelled runs.
 
-    python benchmarks/grids/search_options.py [--part sst2|mrpc|peers|sst2-1200] [--arms a,b] [--root DIR] [--dry-run]
+    python benchmarks/grids/search_options.py [--part sst2|mrpc|peers|sst2-1200] [--arms a,b] [--budget N]
+        [--root DIR] [--seeds 13,42] [--set KEY=VALUE] [--jobs N] [--dry-run]
 
 Every run is recorded under the part's root (a finished run is read back, an interrupted one
 resumed), labelled with its arm in ``tags.label``; ``dflora_core.workbench.tables.options_table``
 renders them. Protocol (stated next to every table): SmolLM2-135M, all 30 layers, 600 calls
 (1,200 in part sst2-1200), test on the stratified 300-example subsample (seed 0), the
 dev-selected snapshot's test metric also at 120, 300 and 600 (and 1,200) calls. One thread per run.
+On a GPU (benchmarks/gpu/run.sh) the same arms run at the paper's 6,000 calls (``--budget 6000``, their
+own root, snapshots also at 1,200, 3,000 and 6,000 calls) with ``--set model.device=cuda --jobs 10``.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from driver import add_common, launch, seeds_of
+
 from dflora_core.config import RunConfig
-from dflora_core.experiment import Experiment
-from dflora_core.workbench.grid import run_grid
 
 BASE = {
     "model.name": "smollm2", "model.device": "cpu", "search.budget": 600, "search.eval_every": 100,
@@ -45,9 +48,10 @@ PARTS = {  # part -> (task, seeds, budget, default arms, default root)
 PEERS = ("f-lora", "zo-sgd", "lora")  # accuracy against calls at matched forward passes
 
 
-def plan(part: str, arms: dict[str, dict]) -> list[tuple[RunConfig, dict]]:
-    task, seeds, budget, _, _ = PARTS[part]
-    at = [a for a in (120, 300, 600, 1200) if a <= budget]
+def plan(part: str, arms: dict[str, dict], budget: int | None = None, seeds=None) -> list[tuple[RunConfig, dict]]:
+    task, part_seeds, part_budget, _, _ = PARTS[part]
+    budget, seeds = budget or part_budget, seeds or part_seeds
+    at = [a for a in (120, 300, 600, 1200, 3000, 6000) if a <= budget]
     base = RunConfig().replace(**{**BASE, "search.budget": budget, "search.test_at": at, "data.task": task})
     out = []
     for seed in seeds:  # seed-major: after k seeds every arm has k paired seeds
@@ -63,26 +67,18 @@ def plan(part: str, arms: dict[str, dict]) -> list[tuple[RunConfig, dict]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", default=None, help="default: the part's root (PARTS)")
     ap.add_argument("--part", choices=tuple(PARTS), default="sst2")
-    ap.add_argument("--arms", default=None, help="comma-separated labels; default: the part's (PARTS)")
-    ap.add_argument("--dry-run", action="store_true", help="list the runs, run nothing")
+    ap.add_argument("--arms", default=None, help=f"comma-separated labels of {', '.join(ARMS)}; default: the part's")
+    ap.add_argument("--budget", type=int, default=None, help="calls per run (default: the part's)")
+    add_common(ap, root=None)
     args = ap.parse_args()
-    _, _, _, part_arms, part_root = PARTS[args.part]
+    _, seeds, _, part_arms, part_root = PARTS[args.part]
+    unknown = set(args.arms.split(",")) - set(ARMS) if args.arms else set()
+    if unknown:
+        ap.error(f"--arms: unknown {', '.join(sorted(unknown))} (known: {', '.join(ARMS)})")
     arms = {k: ARMS[k] for k in (args.arms.split(",") if args.arms else part_arms)}
-    root = args.root or part_root
-    runs = plan(args.part, arms)
-    for cfg, _ in runs:  # every arm's configuration is checked before the first run starts
-        Experiment.check(cfg)
-    if args.dry_run:
-        for cfg, tags in runs:
-            print(tags["label"], cfg.data.task, cfg.method, cfg.seed)
-        return
-    import torch
-
-    torch.set_num_threads(1)  # two grids side by side on 2 cores; the record says so (machine.torch_threads)
-    # in order; each run's folder is written as soon as it finishes, and the model is loaded once
-    run_grid([cfg for cfg, _ in runs], root, [tags for _, tags in runs])
+    args.root = args.root or part_root
+    launch(plan(args.part, arms, args.budget, seeds_of(args, seeds)), args)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
 """The measurements of issue 15 (the zeroth-order family and the newer derivative-free peers), as a
 resumable grid of labelled runs beside C-LoRA, F-LoRA, MeZO and calibrated zero-shot.
 
-    python benchmarks/grids/zo_family.py --root results/zo-family [--arms a,b] [--seeds 13,42] [--dry-run]
+    python benchmarks/grids/zo_family.py --root results/zo-family [--arms a,b] [--seeds 13,42]
+        [--set KEY=VALUE] [--jobs N] [--dry-run]
 
 Protocol (stated next to every table): SmolLM2-135M, SST-2, 300 calls for every method (a call
 is one forward pass over the 32 train examples; ``budget_match=calls``), the stratified
 300-sentence test subsample (seed 0), seeds 13, 42, 100. The layer-wise methods adapt the top 6
 layers (300 calls = 2.5 rounds; 30 layers would not afford one round of 20 candidates). ``es-full``
 perturbs all 135M weights (about a minute per 30-member step on 2 CPU cores), so it runs one
-seed (``ONE_SEED``) and its row says so (``tags.seeds_note``). Every run is labelled with its arm in
+seed (``ONE_SEED``) on a CPU and its row says so (``tags.seeds_note``); on a GPU (benchmarks/gpu/run.sh:
+``--set model.device=cuda --jobs 10``) it runs every seed. Every run is labelled with its arm in
 ``tags.label`` and its fine-tuning scheme in ``tags.scheme``; ``workbench.tables.comparison_table``
 and ``memory_table`` render them (notebook 05). Seed-major: after k seeds every arm has k seeds.
 """
@@ -17,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 
-from dflora_core.config import RunConfig
-from dflora_core.experiment import Experiment
-from dflora_core.workbench.grid import run_grid
+from driver import add_common, launch, seeds_of
+
+from dflora_core.config import RunConfig, parse_assignments
 
 BASE = {
     "model.name": "smollm2", "model.device": "cpu", "data.task": "sst2", "search.budget": 300,
@@ -48,15 +50,16 @@ SEEDS = (13, 42, 100)
 ONE_SEED = {"es-full"}  # CPU cost: one seed only, marked in the table
 
 
-def plan(arms: dict[str, tuple[str, str, dict]], seeds=SEEDS) -> list[tuple[RunConfig, dict]]:
+def plan(arms: dict[str, tuple[str, str, dict]], seeds=SEEDS, device: str = "cpu") -> list[tuple[RunConfig, dict]]:
     base = RunConfig().replace(**BASE)
     out = []
+    one_seed = ONE_SEED if device == "cpu" else set()
     for i, seed in enumerate(seeds):
         for label, (method, scheme, over) in arms.items():
-            if label in ONE_SEED and i > 0:
+            if label in one_seed and i > 0:
                 continue
             tags = {"label": label, "scheme": scheme, "arm_of": "issue 15"}
-            if label in ONE_SEED:
+            if label in one_seed:
                 tags["seeds_note"] = "1 seed (CPU cost)"
             out.append((base.replace(**{"method": method, "seed": seed, **over}), tags))
     return out
@@ -64,20 +67,14 @@ def plan(arms: dict[str, tuple[str, str, dict]], seeds=SEEDS) -> list[tuple[RunC
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", default="results/zo-family")
     ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated labels")
-    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
-    ap.add_argument("--dry-run", action="store_true", help="list the runs, run nothing")
+    add_common(ap, root="results/zo-family")
     args = ap.parse_args()
-    runs = plan({k: ARMS[k] for k in args.arms.split(",")}, tuple(int(s) for s in args.seeds.split(",")))
-    for cfg, _ in runs:  # every arm's configuration is checked before the first run starts
-        Experiment.check(cfg)
-    if args.dry_run:
-        for cfg, tags in runs:
-            print(tags["label"], cfg.method, cfg.seed)
-        return
-    # in order; each run's folder is written as soon as it finishes, and the model is loaded once
-    run_grid([cfg for cfg, _ in runs], args.root, [tags for _, tags in runs])
+    unknown = set(args.arms.split(",")) - set(ARMS)
+    if unknown:
+        ap.error(f"--arms: unknown {', '.join(sorted(unknown))} (known: {', '.join(ARMS)})")
+    device = parse_assignments(args.set).get("model.device", BASE["model.device"])
+    launch(plan({k: ARMS[k] for k in args.arms.split(",")}, seeds_of(args, SEEDS), device), args)
 
 
 if __name__ == "__main__":
