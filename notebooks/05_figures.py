@@ -142,10 +142,7 @@ for name, recs in collect.comparison_roots(prof):
         caption = (f"Options of {name}: test x 100 mean (std); paired differences to 'default' "
                    "(points, mean [95% t interval] seeds won)")  # fmt: skip
         table(tables.options_table(labelled), f"table_{name}_paired", caption)
-        gains = {}
-        for r in labelled:
-            gains.setdefault(r["tags"]["label"], []).extend(collect.layer_gains(r))
-        table(tables.layer_table(gains), f"table_{name}_layers",
+        table(tables.layer_table(collect.layer_gains_by_arm(labelled)), f"table_{name}_layers",
               f"Where the calls went ({name}): train-loss decrease per call, calls and decrease by layer third")
 
 # %% [markdown]

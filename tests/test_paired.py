@@ -65,6 +65,34 @@ def test_the_calls_figure_has_one_curve_per_arm():
         r["config"] = RunConfig().to_dict()
     fig = plotting.calls_figure(recs, "test")
     assert len(fig.axes[0].containers) == 2  # two error-bar series
+    mrpc = [rec("default", "mrpc", s, 0.7, 0.6, curve=[{"at": 120, "value": 0.8}]) for s in (1, 2)]
+    for r in mrpc:
+        r["config"] = RunConfig().to_dict()
+    fig = plotting.calls_figure(recs + mrpc, "test")  # one panel per task: an F1 is not averaged with an accuracy
+    assert [len(ax.containers) for ax in fig.axes[:2]] == [2, 1]
+    assert [ax.get_title().rsplit("(", 1)[-1] for ax in fig.axes[:2]] == ["sst2)", "mrpc)"]
+
+
+def test_layer_gains_are_pooled_per_arm_and_per_task_when_the_runs_span_tasks(tmp_path):
+    import json
+
+    from dflora_core.workbench import collect
+
+    def run(label, task, drops):
+        folder = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        fit, hist = 1.0, []
+        for layer, d in enumerate(drops):
+            fit -= d
+            hist.append({"layer": layer, "n": 20, "config_fitness": fit})
+        (folder / "history.json").write_text(json.dumps(hist))
+        return {"tags": {"label": label}, "task": task, "start_fitness": 1.0, "_dir": str(folder)}
+
+    one = collect.layer_gains_by_arm([run("default", "sst2", [0.1, 0.2]), run("default", "sst2", [0.3])])
+    assert list(one) == ["default"] and sorted(r["decrease"] for r in one["default"]) == pytest.approx([0.1, 0.2, 0.3])
+    two = collect.layer_gains_by_arm([run("default", "sst2", [0.1]), run("default", "mrpc", [0.4])])
+    assert list(two) == ["default (sst2)", "default (mrpc)"]
+    assert [two[k][0]["decrease"] for k in two] == pytest.approx([0.1, 0.4])
 
 
 def test_the_memory_table_has_methods_by_schemes_with_accuracy_and_peak_memory():

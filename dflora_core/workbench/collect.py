@@ -132,6 +132,17 @@ def run_curves(record: RunRecord) -> tuple[list[dict], list[dict]]:
     return (read_json(hist) if hist.is_file() else []), (read_json(dev) if dev.is_file() else [])
 
 
+def layer_gains_by_arm(records: list[RunRecord]) -> dict[str, list[dict]]:
+    """``layer_gains`` of every labelled run, pooled per arm (``tags.label``), and per task where
+    the runs span several tasks (one task's losses are not another's): "arm (task)"."""
+    several = len({r["task"] for r in records}) > 1
+    out: dict[str, list[dict]] = {}
+    for r in records:
+        key = r["tags"]["label"] + (f" ({r['task']})" if several else "")
+        out.setdefault(key, []).extend(layer_gains(r))
+    return out
+
+
 def layer_gains(record: RunRecord) -> list[dict]:
     """Per generation layer of a layer-wise run: the calls it spent and the decrease of the
     configuration's train loss it bought (summed over the run's generations at that layer)."""
