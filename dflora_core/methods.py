@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,11 +256,16 @@ class RunContext:
     resume: bool = False
     callbacks: dict[str, Callable[..., Any]] = field(default_factory=dict)
     identity: dict[str, Any] | None = None
-    elapsed_before: float = 0.0  # set by a resumed method: wall time of the earlier sessions
+    elapsed_before: float = 0.0  # wall time of a resumed run's earlier sessions (read from its checkpoint)
+    started: float = field(default_factory=time.perf_counter)  # this session's start (perf_counter)
 
     @classmethod
-    def for_run(cls, cfg: RunConfig, path: Path | None, resume: bool = False, callbacks=None) -> RunContext:
-        return cls(path, resume, dict(callbacks or {}), identity_fields(cfg))
+    def for_run(cls, cfg: RunConfig, path: Path | None, resume: bool = False, callbacks=None,
+                started: float | None = None) -> RunContext:  # fmt: skip
+        ctx = cls(path, resume, dict(callbacks or {}), identity_fields(cfg))
+        if started is not None:
+            ctx.started = started
+        return ctx
 
     def callback(self, name: str) -> Callable[..., Any] | None:
         return self.callbacks.get(name)
@@ -272,8 +279,10 @@ class RunContext:
             atomic_save_npz(self.path / name, **arrays)
 
     def save_checkpoint(self, state: dict) -> None:
+        """``state`` with the run's identity and its wall time so far (every session's), whatever the method."""
         if self.path is not None:
-            save_state(self.path / CHECKPOINT, {"identity": self.identity, "state": state})
+            wall_s = self.elapsed_before + time.perf_counter() - self.started
+            save_state(self.path / CHECKPOINT, {"identity": self.identity, "state": state, "wall_s": wall_s})
 
     def load_checkpoint(self) -> dict | None:
         """The saved state when resuming (None for a fresh run or when nothing was saved)."""
@@ -294,6 +303,10 @@ class RunContext:
         if self.identity is not None and saved.get("identity") != self.identity:
             raise DfloraError(f"{path} was written by another configuration ({_diff(saved.get('identity'), self.identity)}); "
                               "use another --out, or --overwrite to restart this one")  # fmt: skip
+        wall_s = saved.get("wall_s", 0.0)  # absent in checkpoints written before it was stored: 0
+        if isinstance(wall_s, bool) or not isinstance(wall_s, int | float) or not math.isfinite(wall_s) or wall_s < 0:
+            raise DfloraError(f"{path}: malformed run checkpoint (wall_s {wall_s!r})")
+        self.elapsed_before = float(wall_s)
         return saved["state"]
 
     @contextlib.contextmanager

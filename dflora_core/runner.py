@@ -107,7 +107,7 @@ def _run_method(cfg: RunConfig, folder: RunFolder | None, resume: bool, loaded, 
         reset_peak_memory(device)  # on a CPU the process peak is the run's own (one run per process)
     record = RunRecord.new(cfg.to_dict(), model_identity=exp.loaded.identity, data=exp.data_identity(),
                            metric=exp.task.metric, tags=dict(tags or {}))  # fmt: skip
-    ctx = RunContext.for_run(cfg, folder.path if folder is not None else None, resume, callbacks)
+    ctx = RunContext.for_run(cfg, folder.path if folder is not None else None, resume, callbacks, started=t0)
     if folder is not None:
         folder.write_config(cfg.to_dict())
         if not resume or folder.read() is None:

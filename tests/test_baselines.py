@@ -412,6 +412,37 @@ def test_zeroth_order_run_is_deterministic_and_resumes(tiny_models, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(cfg, out=tmp_path / "c", loaded=tiny_models["tiny-llama"], on_eval=stop_at_8)
     assert (tmp_path / "c" / "checkpoint.npz").is_file()  # written at the dev evaluation of call 4
+    from dflora_core.statefile import load_state
+
+    first_session = load_state(tmp_path / "c" / "checkpoint.npz")["wall_s"]
     c = run(cfg, out=tmp_path / "c", loaded=tiny_models["tiny-llama"], resume=True)
     assert c["final_train_loss"] == a["final_train_loss"] and c["best_dev"] == a["best_dev"]
     assert c["forward_passes"] == a["forward_passes"] and c["steps"] == a["steps"]
+    assert c["wall_s"] > first_session > 0  # the record's wall time counts the interrupted session too
+
+
+def test_a_checkpoint_carries_the_wall_time_of_every_session(tmp_path):
+    """Whatever the method: a resumed run's wall time starts from its earlier sessions' (a step-based
+    zo-sgd-mmt run once recorded 295 s for 1,665 s of fitness evaluations)."""
+    import time
+
+    from dflora_core.errors import DfloraError
+    from dflora_core.methods import RunContext
+    from dflora_core.statefile import load_state, save_state
+
+    RunContext(tmp_path, started=time.perf_counter() - 100.0).save_checkpoint({"step": 3})
+    second = RunContext(tmp_path, resume=True)
+    assert second.load_checkpoint() == {"step": 3} and 100.0 <= second.elapsed_before < 110.0
+    second.started -= 50.0
+    second.save_checkpoint({"step": 6})
+    third = RunContext(tmp_path, resume=True)
+    third.load_checkpoint()
+    assert 150.0 <= third.elapsed_before < 170.0
+    saved = load_state(tmp_path / "checkpoint.npz")
+    save_state(tmp_path / "checkpoint.npz", {**saved, "wall_s": -1.0})
+    with pytest.raises(DfloraError, match="malformed run checkpoint"):
+        RunContext(tmp_path, resume=True).load_checkpoint()
+    del saved["wall_s"]  # a checkpoint written before the field: resumes from 0
+    save_state(tmp_path / "checkpoint.npz", saved)
+    old = RunContext(tmp_path, resume=True)
+    assert old.load_checkpoint() == {"step": 6} and old.elapsed_before == 0.0
