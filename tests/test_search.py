@@ -149,6 +149,28 @@ def test_resume_after_interrupt_gives_the_same_result(tmp_path, loaded, method):
         np.testing.assert_array_equal(got[4], ref[4])
 
 
+def test_a_resumed_search_counts_the_wall_time_of_its_earlier_session(tmp_path, loaded):
+    """The context's checkpoint field, and the search's own field of checkpoints written before it."""
+    from dflora_core.statefile import load_state, save_state
+
+    c = cfg()
+
+    def interrupt(search, gen):
+        if gen.generation == 2:
+            raise KeyboardInterrupt
+
+    for case, legacy in enumerate((False, True)):
+        out = tmp_path / f"cut{case}"
+        with pytest.raises(KeyboardInterrupt):
+            run(c, out=out, loaded=loaded, on_generation=interrupt)
+        saved = load_state(out / "checkpoint.npz")
+        saved["wall_s"] += 1000.0  # an earlier session of 1,000 s more
+        if legacy:  # the layer-wise search kept it in its own state before the context did
+            saved["state"]["wall_s"] = saved.pop("wall_s")
+        save_state(out / "checkpoint.npz", saved)
+        assert run(c, out=out, loaded=loaded, resume=True)["wall_s"] > 1000.0
+
+
 def test_resume_after_a_crash_inside_a_generation(tmp_path, loaded, monkeypatch):
     """A crash mid-generation loses at most the generations since the last periodic checkpoint."""
     c = cfg(**{"search.checkpoint_every": 3})

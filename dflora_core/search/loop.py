@@ -114,9 +114,7 @@ class LayerwiseSearch:
         self.nonfinite = 0
         self.fitness_seconds = 0.0
         self.stopped: str | None = None
-        self.elapsed_before = 0.0  # wall time of earlier sessions of a resumed run
         self._consistent = True
-        self._t_start = time.perf_counter()
         self._checked_reuse = not cfg.search.prefix_reuse
 
     # -- set-up ----------------------------------------------------------------------------
@@ -333,10 +331,6 @@ class LayerwiseSearch:
             bar.close()
         return self
 
-    @property
-    def wall_s(self) -> float:
-        return self.elapsed_before + time.perf_counter() - self._t_start
-
     def use_best_dev(self) -> None:
         self._apply_all(self.z_best_dev)
         self.exp.head.label_bias = self.bias_best_dev
@@ -377,7 +371,6 @@ class LayerwiseSearch:
             "layer_std": list(self.layer_std),
             "prefix_reuse": self.evaluator.reuse_prefix,
             "checked_reuse": self._checked_reuse,
-            "wall_s": self.wall_s,
             "optimizers": [opt.state_dict() for opt in self.optimizers],
             "schedule": self.schedule.state_dict(),
             "scale_calibration": self.scale_calibration,
@@ -404,8 +397,8 @@ class LayerwiseSearch:
         self.evaluator.reuse_prefix = state["prefix_reuse"]
         self._checked_reuse = state["checked_reuse"]
         self.stopped = state["stopped"]
-        self.elapsed_before = state["wall_s"]
-        self._t_start = time.perf_counter()
+        if "wall_s" in state and not self.ctx.elapsed_before:  # written before the context kept the wall time
+            self.ctx.elapsed_before = float(state["wall_s"])
         for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
             opt.load_state_dict(s)
         self.schedule.load_state_dict(state["schedule"])

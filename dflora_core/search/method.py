@@ -72,7 +72,6 @@ def run_search(exp: Experiment, search: LayerwiseSearch, ctx: RunContext, test_e
     for target in search.tests.rest():  # targets beyond the calls the budget could pay: the final state
         search.test_snapshot(target)
     search.save_checkpoint()
-    ctx.elapsed_before = search.elapsed_before
     search.use_best_dev()
     scored = test_exp or exp
     changed = test_exp is not None or search.z_best_dev.any() or search.bias_best_dev is not None
