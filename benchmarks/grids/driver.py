@@ -25,15 +25,33 @@ def add_common(ap: argparse.ArgumentParser, root: str | None) -> None:
     ap.add_argument("--dry-run", action="store_true", help="list the runs, run nothing")
 
 
+def parse(ap: argparse.ArgumentParser):
+    """The flags, with ``--set`` parsed once into ``args.overrides`` (a bad item: a usage error)."""
+    args = ap.parse_args()
+    try:
+        args.overrides = parse_assignments(args.set)
+    except DfloraError as exc:
+        ap.error(str(exc))
+    return args
+
+
 def seeds_of(args, default: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(s) for s in args.seeds.split(",")) if args.seeds else default
+
+
+def arms_of(ap: argparse.ArgumentParser, arms: str | None, known, default) -> list[str]:
+    """The ``--arms`` labels (default: ``default``); an unknown label is a usage error naming the known ones."""
+    labels = arms.split(",") if arms else list(default)
+    unknown = set(labels) - set(known)
+    if unknown:
+        ap.error(f"--arms: unknown {', '.join(sorted(unknown))} (known: {', '.join(known)})")
+    return labels
 
 
 def launch(runs: list[tuple[RunConfig, dict]], args) -> None:
     """Apply ``--set``, check every configuration before the first run, then list (--dry-run) or run them."""
     try:
-        sets = parse_assignments(args.set)
-        runs = [(cfg.replace(**sets), tags) for cfg, tags in runs]
+        runs = [(cfg.replace(**args.overrides), tags) for cfg, tags in runs]
         for cfg, _ in runs:
             Experiment.check(cfg)
     except DfloraError as exc:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from driver import add_common, launch, seeds_of
+from driver import add_common, arms_of, launch, parse, seeds_of
 
 from dflora_core.config import RunConfig
 
@@ -73,12 +73,9 @@ def main() -> None:
     ap.add_argument("--arms", default=None, help=f"comma-separated labels of {', '.join(ARMS)}; default: the part's")
     ap.add_argument("--budget", type=int, default=None, help="calls per run (default: the part's)")
     add_common(ap, root=None)
-    args = ap.parse_args()
+    args = parse(ap)
     _, seeds, _, part_arms, part_root = PARTS[args.part]
-    unknown = set(args.arms.split(",")) - set(ARMS) if args.arms else set()
-    if unknown:
-        ap.error(f"--arms: unknown {', '.join(sorted(unknown))} (known: {', '.join(ARMS)})")
-    arms = {k: ARMS[k] for k in (args.arms.split(",") if args.arms else part_arms)}
+    arms = {k: ARMS[k] for k in arms_of(ap, args.arms, ARMS, part_arms)}
     args.root = args.root or part_root
     launch(plan(args.part, arms, args.budget, seeds_of(args, seeds)), args)
 

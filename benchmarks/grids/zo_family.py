@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 
-from driver import add_common, launch, seeds_of
+from driver import add_common, arms_of, launch, parse, seeds_of
 
-from dflora_core.config import RunConfig, parse_assignments
+from dflora_core.config import RunConfig
 
 BASE = {
     "model.name": "smollm2", "model.device": "cpu", "data.task": "sst2", "search.budget": 300,
@@ -67,14 +67,12 @@ def plan(arms: dict[str, tuple[str, str, dict]], seeds=SEEDS, device: str = "cpu
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated labels")
+    ap.add_argument("--arms", default=None, help="comma-separated labels (default: all)")
     add_common(ap, root="results/zo-family")
-    args = ap.parse_args()
-    unknown = set(args.arms.split(",")) - set(ARMS)
-    if unknown:
-        ap.error(f"--arms: unknown {', '.join(sorted(unknown))} (known: {', '.join(ARMS)})")
-    device = parse_assignments(args.set).get("model.device", BASE["model.device"])
-    launch(plan({k: ARMS[k] for k in args.arms.split(",")}, seeds_of(args, SEEDS), device), args)
+    args = parse(ap)
+    arms = {k: ARMS[k] for k in arms_of(ap, args.arms, ARMS, ARMS)}
+    device = args.overrides.get("model.device", BASE["model.device"])
+    launch(plan(arms, seeds_of(args, SEEDS), device), args)
 
 
 if __name__ == "__main__":
