@@ -101,7 +101,7 @@ def test_table_and_unknown_strategy(tmp_path, capsys):
     assert main(["bench", "table", str(out)]) == 0
     text = capsys.readouterr().out
     # which row is the fastest depends on the machine's load; the table marks it, the rows are there either way
-    assert re.search(r"\| tiny-llama \| reference( \(fastest faithful\))? \|", text) and "prefix-reuse" in text
+    assert re.search(r"\| tiny-llama \| reference( \*\*\(fastest faithful\)\*\*)? \|", text) and "prefix-reuse" in text
     assert main(["bench", "speed", "--model", "tiny-llama", "--device", "cpu", "--strategies", "warp-drive"]) == 2
 
 
