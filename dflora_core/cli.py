@@ -40,9 +40,13 @@ RUN_FLAGS: dict[str, str] = {
 
 
 def build_config(args) -> RunConfig:  # noqa: F821 - string annotation, imported lazily
-    from .config import _merge, _nest, from_dict, load_yaml, parse_assignments
+    from .config import _merge, _nest, from_dict, load_yaml, parse_assignments, settings_from
 
-    data = load_yaml(args.config) if getattr(args, "config", None) else {}
+    data = {}
+    if getattr(args, "config", None):
+        data = load_yaml(args.config)
+        with settings_from(args.config):  # the file's own keys first, so an error names the file
+            from_dict(data)
     flat = {}
     for flag, path in RUN_FLAGS.items():
         value = getattr(args, flag.lstrip("-").replace("-", "_"), None)

@@ -8,6 +8,7 @@ source of truth.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -267,6 +268,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError("config", f"{p} must hold a mapping of settings, not a {type(data).__name__}")
     return data
+
+
+@contextlib.contextmanager
+def settings_from(path: str | Path):
+    """Name ``path`` in a ConfigError raised inside: an unknown or invalid key is found in the file it came from."""
+    try:
+        yield
+    except ConfigError as err:
+        raise ConfigError(err.field, f"{err.message} (in {path})") from None
 
 
 def parse_assignments(items, what: str = "--set") -> dict[str, Any]:

@@ -13,6 +13,7 @@ class ConfigError(DfloraError, ValueError):
 
     def __init__(self, field: str, message: str):
         self.field = field
+        self.message = message
         super().__init__(f"config error: {field}: {message}")
 
 

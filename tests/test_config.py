@@ -84,3 +84,25 @@ def test_profiles_are_valid():
         run = data.get("run", data)
         cfg = from_dict(run)
         validate(cfg)
+
+
+def test_an_error_in_a_settings_file_names_the_file(tmp_path):
+    from argparse import Namespace
+
+    from dflora_core.cli import build_config
+    from dflora_core.workbench.profiles import load_profile
+
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("search:\n  budgett: 3\n")
+    with pytest.raises(ConfigError, match=r"search\.budgett: unknown setting.*\(in .*mine\.yaml\)"):
+        build_config(Namespace(config=str(bad), set=None))
+    with pytest.raises(ConfigError, match=r"run\.search\.budgett: unknown setting.*\(in .*prof\.yaml\)"):
+        (tmp_path / "prof.yaml").write_text("run:\n  search:\n    budgett: 3\n")
+        load_profile(tmp_path / "prof.yaml")
+    # a mistake on the command line is not blamed on the file
+    good = tmp_path / "good.yaml"
+    good.write_text("search:\n  budget: 700\n")
+    with pytest.raises(ConfigError) as err:
+        build_config(Namespace(config=str(good), set=["search.budgett=3"]))
+    assert "good.yaml" not in str(err.value) and err.value.field == "search.budgett"
+    assert build_config(Namespace(config=str(good), set=None)).search.budget == 700

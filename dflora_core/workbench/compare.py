@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .. import methods
-from ..config import _merge, _nest, from_dict, load_yaml, parse_assignments
+from ..config import _merge, _nest, from_dict, load_yaml, parse_assignments, settings_from
 from ..errors import DfloraError
 from ..results.record import RunRecord
 from .backend_base import BACKENDS, BackendSpec, GridBar, check_backend, stderr_line
@@ -212,6 +212,8 @@ def _cmd(args) -> int:
     if args.config:
         data = load_yaml(args.config)
         base = data.get("run", data)
+        with settings_from(args.config):  # the file's own keys first, so an error names the file
+            from_dict(base)
     sets = list(args.set or [])
     if args.device:
         sets.append(f"model.device={args.device}")

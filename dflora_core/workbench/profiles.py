@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import methods
-from ..config import RunConfig, _build, _merge, from_dict, load_yaml
+from ..config import RunConfig, _build, _merge, from_dict, load_yaml, settings_from
 from ..data.tasks import TASKS
 from ..errors import ConfigError
 from ..lowrank.arch import TARGET_LETTERS
@@ -201,7 +201,9 @@ def profile_from_dict(data: dict[str, Any], name: str = "") -> Profile:
 def load_profile(name_or_path: str | Path) -> Profile:
     """Load and validate configs/<name>.yaml (or a YAML path)."""
     path = profile_path(name_or_path)
-    prof = profile_from_dict(load_yaml(path), name=path.stem)
+    data = load_yaml(path)
+    with settings_from(path):
+        prof = profile_from_dict(data, name=path.stem)
     prof.source = str(path)
     return prof
 
