@@ -40,13 +40,9 @@ RUN_FLAGS: dict[str, str] = {
 
 
 def build_config(args) -> RunConfig:  # noqa: F821 - string annotation, imported lazily
-    from .config import _merge, _nest, from_dict, load_yaml, parse_assignments, settings_from
+    from .config import _merge, _nest, from_dict, load_run_settings, parse_assignments
 
-    data = {}
-    if getattr(args, "config", None):
-        data = load_yaml(args.config)
-        with settings_from(args.config):  # the file's own keys first, so an error names the file
-            from_dict(data)
+    data = load_run_settings(args.config) if getattr(args, "config", None) else {}
     flat = {}
     for flag, path in RUN_FLAGS.items():
         value = getattr(args, flag.lstrip("-").replace("-", "_"), None)

@@ -270,6 +270,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def load_run_settings(path: str | Path, section: str | None = None) -> dict[str, Any]:
+    """A run's settings from a YAML file (its ``section`` where the file has one), checked against
+    RunConfig's keys and types so that an error names the file, not the merged configuration."""
+    data = load_yaml(path)
+    if section is not None:
+        data = data.get(section, data)
+    with settings_from(path):
+        from_dict(data)
+    return data
+
+
 @contextlib.contextmanager
 def settings_from(path: str | Path):
     """Name ``path`` in a ConfigError raised inside: an unknown or invalid key is found in the file it came from."""

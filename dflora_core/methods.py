@@ -278,11 +278,15 @@ class RunContext:
         if self.path is not None:
             atomic_save_npz(self.path / name, **arrays)
 
+    @property
+    def wall_s(self) -> float:
+        """The run's wall time so far, every session's."""
+        return self.elapsed_before + time.perf_counter() - self.started
+
     def save_checkpoint(self, state: dict) -> None:
-        """``state`` with the run's identity and its wall time so far (every session's), whatever the method."""
+        """``state`` with the run's identity and its wall time so far, whatever the method."""
         if self.path is not None:
-            wall_s = self.elapsed_before + time.perf_counter() - self.started
-            save_state(self.path / CHECKPOINT, {"identity": self.identity, "state": state, "wall_s": wall_s})
+            save_state(self.path / CHECKPOINT, {"identity": self.identity, "state": state, "wall_s": self.wall_s})
 
     def load_checkpoint(self) -> dict | None:
         """The saved state when resuming (None for a fresh run or when nothing was saved)."""

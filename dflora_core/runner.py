@@ -121,7 +121,7 @@ def _run_method(cfg: RunConfig, folder: RunFolder | None, resume: bool, loaded, 
     mem, kind = peak_memory(device)
     record.status, record.finished = "done", now()
     record.zero_shot, record.test, record.result = zs, test, result
-    record.wall_s = time.perf_counter() - t0 + ctx.elapsed_before
+    record.wall_s = ctx.wall_s
     record.prepare_s = exp.prepare_s
     record.peak_mem_bytes, record.peak_mem_kind = int(mem), kind
     record.device = str(device)

@@ -99,6 +99,10 @@ def test_an_error_in_a_settings_file_names_the_file(tmp_path):
     with pytest.raises(ConfigError, match=r"run\.search\.budgett: unknown setting.*\(in .*prof\.yaml\)"):
         (tmp_path / "prof.yaml").write_text("run:\n  search:\n    budgett: 3\n")
         load_profile(tmp_path / "prof.yaml")
+    from dflora_core.config import load_run_settings
+
+    with pytest.raises(ConfigError, match=r"search\.budgett: unknown setting.*\(in .*prof\.yaml\)"):
+        load_run_settings(tmp_path / "prof.yaml", section="run")  # dflora compare --config
     # a mistake on the command line is not blamed on the file
     good = tmp_path / "good.yaml"
     good.write_text("search:\n  budget: 700\n")

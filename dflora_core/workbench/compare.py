@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .. import methods
-from ..config import _merge, _nest, from_dict, load_yaml, parse_assignments, settings_from
+from ..config import _merge, _nest, from_dict, load_run_settings, parse_assignments
 from ..errors import DfloraError
 from ..results.record import RunRecord
 from .backend_base import BACKENDS, BackendSpec, GridBar, check_backend, stderr_line
@@ -210,10 +210,7 @@ def _cmd(args) -> int:
         raise DfloraError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 13,42,100") from None
     base = None
     if args.config:
-        data = load_yaml(args.config)
-        base = data.get("run", data)
-        with settings_from(args.config):  # the file's own keys first, so an error names the file
-            from_dict(base)
+        base = load_run_settings(args.config, section="run")
     sets = list(args.set or [])
     if args.device:
         sets.append(f"model.device={args.device}")
