@@ -128,7 +128,8 @@ save(
 for name, recs in collect.comparison_roots(prof):
     grid, _counts, zero_shot = tables.comparison_table(recs)
     zs = ", ".join(f"{t} {v}" for t, v in zero_shot.items())
-    table(grid, f"table_{name}", f"Comparison grid {name}: test metric x 100, mean (std) over seeds; zero-shot {zs}")
+    table(grid, f"table_{name}", f"Comparison grid {name}: test metric x 100, mean (std) over seeds "
+          f"([n seeds]: fewer than the fullest cell); zero-shot {zs}")
     dfo = [r for r in recs if methods.is_layerwise_lora(r["method"])]
     if dfo:
         save(plotting.convergence_figure(dfo, prof.name, f"convergence: {name}"), f"convergence_{name}")

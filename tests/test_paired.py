@@ -145,6 +145,7 @@ def test_the_paired_columns_of_a_grid_with_known_differences(tmp_path):
     assert grid.loc["c-lora", "Δrte vs bbt"] == "-5.0 [-5.9, -4.1] 0/5"
     assert grid.loc["bbt", "Δsst2 vs bbt"] == "reference"
     assert grid.loc["zeroshot", "Δsst2 vs bbt"].endswith(" 0/3")  # only the seeds both ran are paired
+    assert grid.loc["zeroshot", "sst2"].endswith(" [3 seeds]") and grid.loc["bbt", "sst2"] == "60.0 (1.6)"
     cols = list(grid.columns)
     assert cols.index("Avg") < cols.index("Δsst2 vs bbt") < cols.index("#Params")
     assert "Δsst2 vs bbt" not in tables.comparison_table(recs)[0].columns  # only with vs

@@ -91,8 +91,14 @@ def mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> 
     return f"{m:.{digits}f} ({s:.{digits}f})" if v.size > 1 else f"{m:.{digits}f} (-)"
 
 
+def seeds_mark(n: int, most: int) -> str:
+    """' [n seeds]' for a cell with fewer (but some) seeds than the table's fullest cell, else ''."""
+    return f" [{n} seed{'s' if n > 1 else ''}]" if 0 < n < most else ""
+
+
 def pivot(df, rows: str = "method", cols: str = "task", value: str = "test", row_order=None, col_order=None):
-    """rows x cols of 'mean (std)' over the remaining runs (seeds); also the seed counts."""
+    """rows x cols of 'mean (std)' over the remaining runs (seeds), a cell with fewer runs than the
+    fullest marked ' [n seeds]'; also the counts."""
     import pandas as pd
 
     row_keys = row_order or list(dict.fromkeys(df[rows]))
@@ -104,6 +110,10 @@ def pivot(df, rows: str = "method", cols: str = "task", value: str = "test", row
             vals = df[(df[rows] == r) & (df[cols] == c)][value].tolist()
             table.loc[r, c] = mean_std(vals)
             counts.loc[r, c] = len(vals)
+    most = int(counts.to_numpy().max()) if counts.size else 0
+    for r in row_keys:  # a partial grid says which cells have fewer seeds than the rest
+        for c in col_keys:
+            table.loc[r, c] += seeds_mark(int(counts.loc[r, c]), most)
     table.index.name = rows
     return table, counts
 
@@ -414,8 +424,7 @@ def memory_table(records):
         for arm, a in g.groupby("arm", sort=False):  # an enhancement of a scheme: its own row
             row = method if arm in (method, f"{method} {scheme}") else arm
             mem = a["peak_mem_bytes"].dropna()
-            n = a["seed"].nunique()
-            seeds = f" [{n} seed{'s' if n > 1 else ''}]" if n < most else ""
+            seeds = seeds_mark(a["seed"].nunique(), most)
             cells.setdefault(row, {})[scheme] = (f"{mean_std(a['test'].tolist())} / "
                                                  f"{human_bytes(float(mem.max())) if len(mem) else '-'}{seeds}")  # fmt: skip
     out = pd.DataFrame.from_dict(cells, orient="index").fillna("")
