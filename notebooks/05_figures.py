@@ -141,7 +141,8 @@ for name, recs in collect.comparison_roots(prof):
     labelled = [r for r in dfo if (r.get("tags") or {}).get("label")]
     if any((r.get("tags") or {}).get("label") == "default" for r in labelled):  # options of one method
         caption = (f"Options of {name}: test x 100 mean (std); paired differences to 'default' "
-                   "(points, mean [95% t interval] seeds won)")  # fmt: skip
+                   "(points, mean (standard error) [95% t interval] seeds won); default rule: the verdict "
+                   "of docs/method.md (dev higher on every task, test not below -SE on any)")  # fmt: skip
         table(tables.options_table(labelled), f"table_{name}_paired", caption)
         table(tables.layer_table(collect.layer_gains_by_arm(labelled)), f"table_{name}_layers",
               f"Where the calls went ({name}): train-loss decrease per call, calls and decrease by layer third")

@@ -34,8 +34,31 @@ def test_pairs_are_matched_by_task_and_seed_only_where_both_arms_ran():
     table = tables.options_table(recs)
     assert list(table.index) == ["default", "bandit"]
     assert list(tables.options_table(recs[::-1]).index) == ["default", "bandit"]  # the reference first, always
-    assert table.loc["bandit", "sst2 Δtest"].startswith("+5.0 [") and table.loc["bandit", "sst2 Δtest"].endswith("2/2")
-    assert table.loc["bandit", "sst2 Δdev"].startswith("+5.0")
+    assert table.loc["bandit", "sst2 Δtest"].startswith("+5.0 (SE 0.0) [")
+    assert table.loc["bandit", "sst2 Δtest"].endswith("2/2") and table.loc["bandit", "sst2 Δdev"].startswith("+5.0")
+    assert table.loc["default", "sst2 test"] == "62.0 (1.0)" and table.loc["bandit", "sst2 test"].endswith("[2 seeds]")
+    assert table.loc["bandit", "default rule"] == "yes" and table.loc["default", "default rule"] == "reference"
+
+
+def test_the_default_rule_asks_for_higher_dev_on_every_task_and_test_not_below_minus_its_se():
+    def s(diffs):
+        return paired.summarize(diffs)
+
+    tasks = ["sst2", "mrpc"]
+    good = {"sst2": s([0.03, 0.01, 0.02]), "mrpc": s([0.01, 0.02, 0.0])}
+    assert paired.default_rule(good, good, tasks) == "yes"
+    # the test may be lower than the reference, but by no more than its standard error (here 0.0047)
+    slightly = {"sst2": s([0.03, 0.01, 0.02]), "mrpc": s([-0.01, 0.0, 0.0])}
+    assert paired.default_rule(good, slightly, tasks) == "yes"
+    worse = {"sst2": s([0.03, 0.01, 0.02]), "mrpc": s([-0.046, -0.012, -0.03])}
+    assert paired.default_rule(good, worse, tasks) == "no: mrpc Δtest -2.9 below -SE 1.0"
+    flat_dev = {"sst2": s([0.03, 0.01, 0.02]), "mrpc": s([0.0, 0.0, 0.0])}
+    assert paired.default_rule(flat_dev, good, tasks) == "no: mrpc Δdev +0.0 not higher"
+    assert paired.default_rule({"sst2": good["sst2"]}, {"sst2": good["sst2"]}, tasks) == "open: mrpc not run"
+    one = {"sst2": good["sst2"], "mrpc": s([0.1])}
+    assert paired.default_rule(one, one, tasks) == "open: mrpc 1 seed"
+    one_worse = {"sst2": good["sst2"], "mrpc": s([-0.1])}
+    assert paired.default_rule(one_worse, one_worse, tasks) == "no so far: mrpc Δdev -10.0 not higher; open: mrpc 1 seed"
 
 
 def test_a_labelled_grid_gets_one_row_per_arm_and_an_unlabelled_one_per_method():

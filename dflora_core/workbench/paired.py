@@ -61,11 +61,38 @@ def _known(x) -> bool:
     return x is not None and not (isinstance(x, float) and math.isnan(x))
 
 
-def fmt_points(s: dict, scale: float = 100.0) -> str:
-    """'+1.2 [-0.4, +2.8] 4/5': mean difference (points), 95% interval, seeds won."""
+def fmt_points(s: dict, scale: float = 100.0, se: bool = False) -> str:
+    """'+1.2 [-0.4, +2.8] 4/5': mean difference (points), 95% interval, seeds won;
+    ``se``: '+1.2 (SE 0.6) [-0.4, +2.8] 4/5'."""
     if not s["n"]:
         return "-"
     text = f"{s['mean'] * scale:+.1f}"
+    if se and s["se"] is not None:
+        text += f" (SE {s['se'] * scale:.1f})"
     if s["ci_low"] is not None:
         text += f" [{s['ci_low'] * scale:+.1f}, {s['ci_high'] * scale:+.1f}]"
     return f"{text} {s['wins']}/{s['n']}"
+
+
+def default_rule(dev: dict, test: dict, tasks: Sequence[str], scale: float = 100.0) -> str:
+    """The rule of docs/method.md ("A default only on evidence") on per-task paired summaries
+    (:func:`paired` of the dev and the test metric): an option may become the default if its mean
+    dev difference is positive on every task and its mean test difference is not below minus its
+    standard error on any. Returns 'yes', 'no: <why>', or 'open: <what is missing>' (a task without
+    two paired seeds has no standard error); a failure found on partial data is said as 'no so far'."""
+    fails, missing = [], []
+    for task in tasks:
+        d, t = dev.get(task) or {"n": 0}, test.get(task) or {"n": 0}
+        if not d["n"] or not t["n"]:
+            missing.append(f"{task} not run")
+            continue
+        if d["mean"] <= 0:
+            fails.append(f"{task} Δdev {d['mean'] * scale:+.1f} not higher")
+        if t["se"] is None:
+            missing.append(f"{task} {t['n']} seed")
+        elif t["mean"] < -t["se"]:
+            fails.append(f"{task} Δtest {t['mean'] * scale:+.1f} below -SE {t['se'] * scale:.1f}")
+    open_part = "open: " + "; ".join(missing) if missing else ""
+    if fails:
+        return ("no so far: " if missing else "no: ") + "; ".join(fails) + (f"; {open_part}" if missing else "")
+    return open_part or "yes"

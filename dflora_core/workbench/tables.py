@@ -357,28 +357,33 @@ def comparison_table(records, method_names: Sequence[str] | None = None, tasks: 
 
 
 def options_table(records, reference: str = "default"):
-    """Arms x tasks: test mean (std), and the paired differences to ``reference`` in dev and test
-    (mean [95% CI] seeds won, points), the decision rule of docs/method.md ("A default only on evidence")."""
+    """Arms x tasks: test mean (std), the paired differences to ``reference`` in dev and test
+    (points: mean (SE) [95% CI] seeds won), and the verdict of the decision rule of docs/method.md
+    ("A default only on evidence", :func:`paired.default_rule`) over every task of the records."""
     import pandas as pd
 
-    from .paired import fmt_points, paired
+    from .paired import default_rule, fmt_points, paired
 
     df = frame(records)
     if df.empty:
         return pd.DataFrame()
     rows = []
     arms = list(dict.fromkeys(df["arm"]))
+    tasks = list(dict.fromkeys(df["task"]))
+    most = int(df.groupby(["arm", "task"])["seed"].nunique().max())
     for arm in sorted(arms, key=lambda a: a != reference):  # the reference first, the others as recorded
         row = {"arm": arm}
         dev, test = paired(df, arm, reference, "best_dev"), paired(df, arm, reference, "test")
-        for task in dict.fromkeys(df["task"]):
+        for task in tasks:
             g = df[(df["arm"] == arm) & (df["task"] == task)]
-            row[f"{task} test"] = mean_std(g["test"].tolist()) if len(g) else "-"
+            row[f"{task} test"] = mean_std(g["test"].tolist()) + seeds_mark(g["seed"].nunique(), most) if len(g) else "-"
             if arm != reference:
-                row[f"{task} Δdev"] = fmt_points(dev[task]) if task in dev else "-"
-                row[f"{task} Δtest"] = fmt_points(test[task]) if task in test else "-"
+                row[f"{task} Δdev"] = fmt_points(dev[task], se=True) if task in dev else "-"
+                row[f"{task} Δtest"] = fmt_points(test[task], se=True) if task in test else "-"
+        row["default rule"] = default_rule(dev, test, tasks) if arm != reference else "reference"
         rows.append(row)
-    return pd.DataFrame(rows).set_index("arm").fillna("")
+    out = pd.DataFrame(rows).set_index("arm").fillna("")
+    return out[[c for c in out.columns if c != "default rule"] + ["default rule"]]
 
 
 def layer_table(gains: dict[str, list[dict]], groups: int = 3):
