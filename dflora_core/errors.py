@@ -25,5 +25,9 @@ class ModelError(DfloraError):
     """A model cannot be found, loaded or patched; the message says what to do."""
 
 
+class RunBusyError(DfloraError):
+    """A run folder is locked by another live process (it is running there); the message names the holder."""
+
+
 class DfloraWarning(UserWarning):
     """Something the user should know but that does not stop the run (the CLI prints it on one line)."""

@@ -134,6 +134,30 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_releas
     assert main(["run", *TINY, "--out", str(out)]) == 0  # the dead holder's lock is gone
 
 
+def test_a_grid_leaves_a_run_held_elsewhere_to_its_holder_when_asked(tmp_path, capsys):
+    """Two drivers of one grid share its runs: the busy run is skipped (said on stderr), the rest runs."""
+    from dflora_core.config import RunConfig
+    from dflora_core.errors import RunBusyError
+    from dflora_core.workbench.grid import find_run, run_grid
+
+    base = RunConfig().replace(**{"method": "zeroshot", "model.name": "tiny-llama", "model.device": "cpu",
+                                  "data.task": "sst2", "data.max_test": 8, "progress": False})  # fmt: skip
+    busy, free = base.replace(seed=13), base.replace(seed=42)
+    held = find_run(tmp_path, busy)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(held)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunBusyError, match=f"pid {holder.pid}"):
+            run_grid([busy, free], tmp_path)  # by default a busy run stops the grid, as before
+        records = run_grid([busy, free], tmp_path, skip_busy=True)
+        assert [r.config["seed"] for r in records] == [42]
+        assert "skipped (running elsewhere)" in capsys.readouterr().err
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert [r.config["seed"] for r in run_grid([busy, free], tmp_path, skip_busy=True)] == [13, 42]
+
+
 def test_the_lock_is_reentrant_within_a_process(tmp_path):
     from dflora_core.results.record import RunFolder
 

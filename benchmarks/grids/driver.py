@@ -4,6 +4,9 @@ on the GPU machine: benchmarks/gpu/run.sh).
 
     --root DIR  --seeds 13,42  --set KEY=VALUE (repeatable, after the driver's own settings)
     --jobs N  --dry-run
+
+Two drivers of one grid may run side by side (one per core): each leaves a run the other holds
+to it (said on stderr) and goes on with the next, and a finished run is read back, never redone.
 """
 
 from __future__ import annotations
@@ -77,4 +80,8 @@ def launch(runs: list[tuple[RunConfig, dict]], args) -> None:
 
     torch.set_num_threads(1)  # two grids side by side on 2 cores; the record says so (machine.torch_threads)
     # in order; each run's folder is written as soon as it finishes, and the model is loaded once
-    run_grid(configs, args.root, tags)
+    # a run another driver holds is left to it (two drivers of one grid share its runs)
+    try:
+        run_grid(configs, args.root, tags, skip_busy=True)
+    except DfloraError as exc:
+        sys.exit(f"dflora: {exc}")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..environment import git_commit, machine_info, package_versions
-from ..errors import DfloraError
+from ..errors import DfloraError, RunBusyError
 from ..fileio import atomic_write_json, read_json
 
 RECORD = "record.json"
@@ -195,7 +195,7 @@ class RunFolder:
             f.seek(0)
             holder = f.read().strip() or "another process"
             f.close()
-            raise DfloraError(f"{self.path} is in use by {holder}; wait for it or choose another --out") from None
+            raise RunBusyError(f"{self.path} is in use by {holder}; wait for it or choose another --out") from None
         f.seek(0)
         f.truncate()
         f.write(f"host {socket.gethostname()} pid {os.getpid()} since {now()}\n")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig, identity
-from ..errors import DfloraError
+from ..errors import DfloraError, RunBusyError
 from ..results.record import RunFolder, RunRecord
 from ..runner import run, same_run
 
@@ -71,12 +71,17 @@ def run_grid(
     root: str | Path,
     tags: Iterable[dict] | None = None,
     on_record=None,
+    skip_busy: bool = False,
     **callbacks,
 ) -> list[RunRecord]:
     """Run every config (finished ones are read back, unfinished ones resumed); returns the records.
 
-    The model is loaded once per model name and shared by the runs that use it.
+    The model is loaded once per model name and shared by the runs that use it. ``skip_busy``: a run
+    that another process is running (its folder's lock is held) is left to it, said on stderr and
+    missing from the records, instead of stopping the grid; so two drivers of one grid share its runs.
     """
+    import sys
+
     from ..models.registry import load_model
 
     configs = list(configs)
@@ -89,7 +94,13 @@ def run_grid(
             if cfg.model.name not in loaded:
                 loaded.clear()  # one model in memory at a time
                 loaded[cfg.model.name] = load_model(cfg.model.name, cfg.model.device)
-            rec = run(cfg, out=out, resume=True, loaded=loaded[cfg.model.name], tags=tag, **callbacks)
+            try:
+                rec = run(cfg, out=out, resume=True, loaded=loaded[cfg.model.name], tags=tag, **callbacks)
+            except RunBusyError as exc:
+                if not skip_busy:
+                    raise
+                print(f"dflora: skipped (running elsewhere): {exc}", file=sys.stderr)
+                continue
         records.append(rec)
         if on_record:
             on_record(rec)
