@@ -34,6 +34,8 @@ def test_pairs_are_matched_by_task_and_seed_only_where_both_arms_ran():
     table = tables.options_table(recs)
     assert list(table.index) == ["default", "bandit"]
     assert list(tables.options_table(recs[::-1]).index) == ["default", "bandit"]  # the reference first, always
+    peer = rec("f-lora", "sst2", 1, 0.7, 0.6, method="f-lora")  # a peer method beside the options: not an option
+    assert list(tables.options_table([*recs, peer]).index) == ["default", "bandit"]
     assert table.loc["bandit", "sst2 Δtest"].startswith("+5.0 (SE 0.0) [")
     assert table.loc["bandit", "sst2 Δtest"].endswith("2/2") and table.loc["bandit", "sst2 Δdev"].startswith("+5.0")
     assert table.loc["default", "sst2 test"] == "62.0 (1.0)" and table.loc["bandit", "sst2 test"].endswith("[2 seeds]")

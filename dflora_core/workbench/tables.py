@@ -367,6 +367,9 @@ def options_table(records, reference: str = "default"):
     df = frame(records)
     if df.empty:
         return pd.DataFrame()
+    ref_methods = set(df.loc[df["arm"] == reference, "method"])
+    if ref_methods:  # options of the reference's method; a peer method run beside them is not one
+        df = df[df["method"].isin(ref_methods)]
     rows = []
     arms = list(dict.fromkeys(df["arm"]))
     tasks = list(dict.fromkeys(df["task"]))
