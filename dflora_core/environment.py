@@ -92,14 +92,15 @@ def current_rss() -> int | None:
     return _proc_status("VmRSS")
 
 
-def reset_peak_memory(device) -> None:
-    """Start a peak-memory measurement on ``device`` (a torch.device)."""
+def reset_peak_memory(device) -> bool:
+    """Start a peak-memory measurement on ``device`` (a torch.device); False where the CPU's peak mark
+    cannot be reset (then the peak is the process's since it started, earlier runs in it included)."""
     if device.type == "cuda":
         import torch
 
         torch.cuda.reset_peak_memory_stats(device)
-    else:
-        reset_peak_rss()
+        return True
+    return reset_peak_rss()
 
 
 def peak_memory(device) -> tuple[int, str]:

@@ -103,8 +103,9 @@ def _run_method(cfg: RunConfig, folder: RunFolder | None, resume: bool, loaded, 
     t0 = time.perf_counter()
     exp = Experiment.prepare(cfg, loaded)
     device = exp.loaded.device
-    if device.type == "cuda":
-        reset_peak_memory(device)  # on a CPU the process peak is the run's own (one run per process)
+    # the run's own peak, from here (the model is resident): a grid runs many runs in one process,
+    # and without the reset a run would report the largest peak of the runs before it
+    own_peak = reset_peak_memory(device)
     record = RunRecord.new(cfg.to_dict(), model_identity=exp.loaded.identity, data=exp.data_identity(),
                            metric=exp.task.metric, tags=dict(tags or {}))  # fmt: skip
     ctx = RunContext.for_run(cfg, folder.path if folder is not None else None, resume, callbacks, started=t0)
@@ -123,7 +124,7 @@ def _run_method(cfg: RunConfig, folder: RunFolder | None, resume: bool, loaded, 
     record.zero_shot, record.test, record.result = zs, test, result
     record.wall_s = ctx.wall_s
     record.prepare_s = exp.prepare_s
-    record.peak_mem_bytes, record.peak_mem_kind = int(mem), kind
+    record.peak_mem_bytes, record.peak_mem_kind = int(mem), kind if own_peak else f"{kind}_since_process_start"
     record.device = str(device)
     record.dtype = str(exp.dtype or torch.float32).replace("torch.", "")
     if folder is not None:

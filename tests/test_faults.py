@@ -355,3 +355,20 @@ def test_a_run_refused_after_its_folder_was_made_leaves_no_folder(tmp_path, caps
     out.mkdir()  # a folder that was there before is kept, even empty
     one_line_error(capsys, ["run", *args, "--out", str(out)])
     assert out.is_dir()
+
+
+def test_a_run_in_a_grid_reports_its_own_peak_memory_not_an_earlier_runs(tmp_path):
+    """Grids run many runs in one process; each record's CPU peak starts at its run (Linux peak-RSS reset)."""
+    from dflora_core.config import RunConfig
+    from dflora_core.environment import current_rss, peak_rss
+    from dflora_core.workbench.grid import run_grid
+
+    big = np.ones(512 * 2**20 // 8)  # an earlier run's 512 MiB peak, freed before the next run
+    del big
+    before = peak_rss()
+    assert before - current_rss() > 400 * 2**20
+    cfg = RunConfig().replace(**{"method": "zeroshot", "model.name": "tiny-llama", "model.device": "cpu",
+                                 "data.task": "sst2", "data.max_test": 8, "progress": False})  # fmt: skip
+    [rec] = run_grid([cfg], tmp_path)
+    assert rec.peak_mem_kind == "process_peak_rss"
+    assert 0 < rec.peak_mem_bytes < before - 128 * 2**20  # without the reset it would be >= before
