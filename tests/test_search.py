@@ -212,3 +212,14 @@ def test_adapted_model_rebuilds_from_the_folder(tmp_path, loaded):
     finally:
         adapter.remove()
     assert rec["projection"]["model_layers"] == [1, 2]
+
+
+def test_layers_the_budget_never_reached_are_recorded_and_said(tmp_path, loaded):
+    """One round of 3 x 6 calls passes the config check, but with the start's call the top layer's turn
+    (calls 14-19) passes the budget of 18: the 600-call all-layer runs' layer 29 in small."""
+    from dflora_core.errors import DfloraWarning
+
+    with pytest.warns(DfloraWarning, match=r"left 1 of 3 adapted layers without a generation \(model layers \[2\]\)"):
+        rec = run(cfg(method="c-lora", **{"search.budget": 18}), out=tmp_path / "short", loaded=loaded)
+    assert rec["unsearched_layers"] == [2] and rec["calls"] == 13
+    assert run(cfg(method="c-lora"), out=tmp_path / "full", loaded=loaded)["unsearched_layers"] == []

@@ -9,13 +9,14 @@ layers) in its record, so the adapted model is a deterministic function of the f
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..config import from_dict
-from ..errors import DfloraError
+from ..errors import DfloraError, DfloraWarning
 from ..experiment import Experiment
 from ..fileio import read_json
 from ..lowrank.adapter import LowRankAdapter
@@ -28,9 +29,28 @@ from .loop import LayerwiseSearch
 ADAPTER = "adapter.npz"
 
 
+def unsearched_layers(search: LayerwiseSearch) -> list[int]:
+    """The model layers the budget never reached (no generation ran there), e.g. the top layer of an
+    all-layer run at 600 calls: 1 call scores the start and 29 x 20 the layers below."""
+    visited = {g.layer for g in search.history}
+    return [int(search.adapter.model_layers[i]) for i in range(search.num_layers) if i not in visited]
+
+
+def warn_unsearched(search: LayerwiseSearch) -> list[int]:
+    """Say in one line (a DfloraWarning) which adapted layers the budget left unsearched; returns them."""
+    missing = unsearched_layers(search)
+    if missing and search.stopped == "budget":
+        warnings.warn(DfloraWarning(
+            f"search.budget {search.budget} left {len(missing)} of {search.num_layers} adapted layers without a "
+            f"generation (model layers {missing}): the budget ran out before their turn; "
+            f"the record lists them (unsearched_layers)"), stacklevel=2)  # fmt: skip
+    return missing
+
+
 def search_summary(search: LayerwiseSearch, test: dict | None, train_at_best: dict) -> dict:
     """The record fields every layer-wise search writes (C-LoRA and its kin, BBTv2)."""
     return {
+        "unsearched_layers": warn_unsearched(search),
         "test": test,  # None: the selected snapshot is the unadapted model (test = zero-shot)
         "train_at_best": train_at_best,
         "calls": search.calls,
