@@ -9,8 +9,12 @@ import pytest
 import torch
 
 from dflora_core import bench
+from dflora_core.bench.report import fidelity_table
 from dflora_core.cli import main
+from dflora_core.errors import ConfigError
 from dflora_core.lowrank.patching import LowRankWrapper
+from dflora_core.lowrank.population import PopulationEvaluator
+from dflora_core.metrics import fit_label_bias
 from dflora_core.models.tiny import ROBERTA_MASK_ID
 
 ROW_FIELDS = (
@@ -114,6 +118,44 @@ def test_fidelity_rows():
     assert [(r["model_layer"], r["dtype"]) for r in rows] == [(0, "bfloat16"), (2, "bfloat16")]
     for r in rows:
         assert {"spearman_vs_fp32", "same_best", "max_abs_fitness_diff", "fp32_fitness_spread", "faithful"} <= set(r)
+
+
+def test_fidelity_under_search_options_scores_what_the_started_search_scores(tmp_path):
+    """--set lowrank.scale_calibration / search.calibrated_logits: the calibrated scales and the fitted bias."""
+    small = {"lowrank.intrinsic_dim": 24, "lowrank.alpha": 1.0}
+    base = bench.make_setup("tiny-llama", "cpu", population=5, max_tokens=256, shots=4, cfg_overrides=small)
+    ril_std = list(base.adapter.projection.layer_std)
+    base.adapter.remove()
+    assert base.options == {} and base.multipliers is None and base.head.label_bias is None
+    options = {"lowrank.scale_calibration": "output", "search.calibrated_logits": True}
+    s = bench.make_setup("tiny-llama", "cpu", population=5, max_tokens=256, shots=4,
+                         cfg_overrides={**small, **options, "lowrank.calibration_range": [0.02, 0.05]})  # fmt: skip
+    try:
+        assert s.options == options and len(s.multipliers) == s.adapter.num_layers
+        assert any(m != 1.0 for m in s.multipliers)  # random weights: at least one layer outside 2%-5%
+        assert list(s.adapter.projection.layer_std) == pytest.approx(
+            [v * m for v, m in zip(ril_std, s.multipliers, strict=True)]
+        )
+        # the bias is the one fitted on the start (z = 0) train logits, as the calibrated search's start
+        bias = s.head.label_bias
+        s.head.label_bias = None
+        ev = PopulationEvaluator(s.loaded, s.head, s.adapter, s.data, None, s.max_tokens, True)
+        raw = ev.logits(0, np.zeros((1, s.adapter.dim)))[0]
+        torch.testing.assert_close(bias, fit_label_bias(raw, s.data.labels))
+        s.head.label_bias = bias
+        rows = bench.run_fidelity(s, [0], ("bfloat16",), log=lambda *a: None)
+    finally:
+        s.adapter.remove()
+    assert rows[0]["options"] == options and rows[0]["scale_multiplier"] == s.multipliers[0]
+    assert "| options | scale x RIL |" in fidelity_table(rows)
+    with pytest.raises(ConfigError, match="real model"):
+        bench.make_setup("gpt2-tiny-shape", "cpu", population=2, cfg_overrides=options)
+    out = tmp_path / "fid.json"
+    assert main(["bench", "fidelity", "--model", "tiny-llama", "--device", "cpu", "--tasks", "sst2", "--layers", "0",
+                 "--dtypes", "bfloat16", "--shots", "4", "--set", "lowrank.scale_calibration=fitness",
+                 "--set", "lowrank.intrinsic_dim=24", "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["options"] == {"lowrank.scale_calibration": "fitness"} and row["scale_multiplier"] in (0.1, 1.0, 10.0)
 
 
 def test_sweep_cli(tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import parse_assignments
 from ..models.registry import resolve_device
 from ..models.tiny import SHAPES
 from .fidelity import run_fidelity
@@ -34,6 +35,9 @@ def _setup_args(p) -> None:
     p.add_argument("--layer", type=int, default=None, help="adapted layer benchmarked (default: the middle one)")
     p.add_argument("--examples", type=int, default=32, help="synthetic shapes: prompts")
     p.add_argument("--mean-tokens", type=int, default=40, help="synthetic shapes: mean prompt length")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="a RunConfig setting, e.g. lowrank.scale_calibration=output or search.calibrated_logits=true:"
+                        " real models are measured on the adapter and head a search started with it scores")  # fmt: skip
 
 
 def _log(args):
@@ -51,9 +55,13 @@ def _models(spec: str) -> list[str]:
     return [m.strip() for m in spec.split(",") if m.strip()]
 
 
+def _overrides(args) -> dict:
+    return parse_assignments(args.set)
+
+
 def _setup(args, model: str, device: str, max_tokens: int | None) -> Setup:
     return make_setup(model, device, args.task, args.seed, args.popsize, args.layer, max_tokens,
-                      args.examples, args.mean_tokens, shots=args.shots)  # fmt: skip
+                      args.examples, args.mean_tokens, shots=args.shots, cfg_overrides=_overrides(args))  # fmt: skip
 
 
 def cmd_speed(args) -> int:
@@ -108,7 +116,7 @@ def cmd_fidelity(args) -> int:
         loaded = None
         for task in args.tasks.split(","):
             s = make_setup(model, str(dev), task, args.seed, args.popsize, None, args.max_tokens, loaded=loaded,
-                           shots=args.shots)  # fmt: skip
+                           shots=args.shots, cfg_overrides=_overrides(args))  # fmt: skip
             loaded = s.loaded
             doc["rows"] += run_fidelity(s, layers, tuple(args.dtypes.split(",")), log)
             s.adapter.remove()

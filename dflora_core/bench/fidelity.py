@@ -83,6 +83,10 @@ def run_fidelity(s: Setup, layers, dtypes=("bfloat16", "float16"), log=print) ->
                 "fp32_fitness_spread": float(np.std(ref)),
                 "fp32_fitness_range": [float(ref.min()), float(ref.max())],
             }
+            if s.options:
+                row["options"] = dict(s.options)
+            if s.multipliers is not None:
+                row["scale_multiplier"] = s.multipliers[li]
             if isinstance(fits[name], Exception):
                 row["error"] = str(fits[name])[:300]
             else:

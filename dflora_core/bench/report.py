@@ -84,7 +84,13 @@ def fidelity_table(rows) -> str:
          str(r.get("same_best", "-")), fmt(r.get("max_abs_fitness_diff"), ".1e"), fmt(r["fp32_fitness_spread"], ".1e")]
         for r in rows
     ]  # fmt: skip
-    return markdown(FIDELITY_COLUMNS, cells)
+    if not any(r.get("options") for r in rows):
+        return markdown(FIDELITY_COLUMNS, cells)
+    # rows measured under search options (``--set``) say which, and the layer's calibrated scale
+    for c, r in zip(cells, rows, strict=True):
+        c += [", ".join(f"{k.split('.')[-1]}={v}" for k, v in (r.get("options") or {}).items()) or "defaults",
+              fmt(r.get("scale_multiplier"), ".3g")]  # fmt: skip
+    return markdown(FIDELITY_COLUMNS + " | options | >scale x RIL", cells)
 
 
 def _memory_cells(r) -> list[str]:

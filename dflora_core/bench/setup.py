@@ -4,17 +4,25 @@ A real model gets its task's few-shot train set through ``Experiment.prepare``, 
 run sees it; a synthetic shape (``models.tiny.SHAPES``) gets random prompts of a chosen
 length. Either way the adapter is the one a layer-wise search builds (``lowrank.build``) and
 the candidates are the first generation CMA-ES would draw.
+
+Search options that change what a generation scores (``SCORING_OPTIONS``: calibrated projection
+scales, calibrated logits; ``dflora bench ... --set KEY=VALUE``) are measured on the adapter and
+head of a real ``LayerwiseSearch`` started with them: its scale calibration applied (the fitness
+rule's calls spent in fp32, as in a run) and its label bias fitted, so a fidelity row says how
+bf16 ranks the candidates that search would rank. Options that only choose where the calls go
+(``search.schedule``) score the same generations and need no row of their own.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from ..experiment import DEFAULT_MAX_TOKENS
 from ..models.registry import LoadedModel
 from ..models.scoring import EncodedSet
@@ -25,6 +33,8 @@ SYNTH_LABEL_IDS = (1000, 2000)  # any two tokens: the values are random anyway
 # fitnesses would differ by ~1e-6 and their ranking would be fp32 noise; a larger stretch makes
 # them differ (fidelity on random weights is still only indicative, speed is unaffected)
 SYNTH_ALPHA = 20.0
+# the settings whose non-default values change the adapter's scales or the fitness of a candidate
+SCORING_OPTIONS = ("lowrank.scale_calibration", "search.calibrated_logits")
 
 
 def default_max_tokens(device: torch.device) -> int:
@@ -63,6 +73,8 @@ class Setup:
     task: str | None
     synthetic: bool
     prepare_s: float = 0.0
+    options: dict = field(default_factory=dict)  # the SCORING_OPTIONS set, as given
+    multipliers: list[float] | None = None  # per adapted layer, the scale calibration's (None: not calibrated)
 
     @property
     def device(self) -> torch.device:
@@ -133,8 +145,12 @@ def make_setup(
     from ..models.scoring import VerbalizerHead
 
     t0 = time.perf_counter()
-    # the test set is not used: a small sample keeps the preparation short
-    overrides: dict[str, Any] = {"data.max_test": 16}
+    options = {k: v for k, v in (cfg_overrides or {}).items() if k in SCORING_OPTIONS}
+    if options and model in SHAPES:
+        raise ConfigError(", ".join(options), f"search options need a real model and task, not the shape {model}")
+    # the test set is not used: a small sample keeps the preparation short; a started search
+    # would score the dev set for model selection, which no benchmark needs
+    overrides: dict[str, Any] = {"data.max_test": 16, "search.select_start": False}
     if model in SHAPES:
         overrides["lowrank.alpha"] = SYNTH_ALPHA
     if shots:
@@ -160,11 +176,29 @@ def make_setup(
     # the adapter LayerwiseSearch builds (hidden-state based projections, all layers patched);
     # "ri" needs no statistics
     lowrank = cfg.lowrank
-    scales = None if lowrank.projection_init == "ri" else measure_scales(loaded, data, lowrank, mt)[1]
-    adapter = build_adapter(loaded, lowrank, seed, cfg.optim.sigma, scales)
+    multipliers = None
+    if options:
+        adapter, multipliers = started_search(exp)
+    else:
+        scales = None if lowrank.projection_init == "ri" else measure_scales(loaded, data, lowrank, mt)[1]
+        adapter = build_adapter(loaded, lowrank, seed, cfg.optim.sigma, scales)
     n = adapter.num_layers
     li = n // 2 if layer is None else (layer % n)
     # the first CMA-ES generation: mean 0, step sigma, isotropic
     Z = np.random.default_rng([seed, 7, li]).standard_normal((population, adapter.dim)) * cfg.optim.sigma
     return Setup(model, loaded, head, data, label_ids, adapter, li, Z, mt, task_name, model in SHAPES,
-                 time.perf_counter() - t0)  # fmt: skip
+                 time.perf_counter() - t0, options, multipliers)  # fmt: skip
+
+
+def started_search(exp) -> tuple[Any, list[float] | None]:
+    """The adapter (and, in ``exp.head``, the label bias) of a layer-wise search after its start.
+
+    Starting scores z = 0 (one call), runs the scale calibration the config asks for and, under
+    calibrated logits, fits the label bias on the train logits; the layers stay at z = 0.
+    """
+    from ..search.loop import LayerwiseSearch
+
+    search = LayerwiseSearch(exp)
+    search.start()
+    cal = search.scale_calibration
+    return search.adapter, None if cal is None else [float(r["multiplier"]) for r in cal["layers"]]
