@@ -55,13 +55,9 @@ def _models(spec: str) -> list[str]:
     return [m.strip() for m in spec.split(",") if m.strip()]
 
 
-def _overrides(args) -> dict:
-    return parse_assignments(args.set)
-
-
 def _setup(args, model: str, device: str, max_tokens: int | None) -> Setup:
     return make_setup(model, device, args.task, args.seed, args.popsize, args.layer, max_tokens,
-                      args.examples, args.mean_tokens, shots=args.shots, cfg_overrides=_overrides(args))  # fmt: skip
+                      args.examples, args.mean_tokens, shots=args.shots, cfg_overrides=parse_assignments(args.set))  # fmt: skip
 
 
 def cmd_speed(args) -> int:
@@ -112,11 +108,12 @@ def cmd_fidelity(args) -> int:
     log, dev = _start(args)
     layers = [int(x) for x in args.layers.split(",")]
     doc = {**header(args.argv), "mode": "fidelity", "rows": []}
+    overrides = parse_assignments(args.set)
     for model in _models(args.model):
         loaded = None
         for task in args.tasks.split(","):
             s = make_setup(model, str(dev), task, args.seed, args.popsize, None, args.max_tokens, loaded=loaded,
-                           shots=args.shots, cfg_overrides=_overrides(args))  # fmt: skip
+                           shots=args.shots, cfg_overrides=overrides)  # fmt: skip
             loaded = s.loaded
             doc["rows"] += run_fidelity(s, layers, tuple(args.dtypes.split(",")), log)
             s.adapter.remove()
