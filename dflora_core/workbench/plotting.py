@@ -473,22 +473,24 @@ def calls_figure(records: list, profile: str, title: str = "test accuracy agains
         arm = (rec.get("tags") or {}).get("label") or rec["method"]
         for row in rec.get("test_curve") or []:
             by_task.setdefault(rec["task"], {}).setdefault(arm, {}).setdefault(row["at"], []).append(row["value"])
-    fig, axes = new_figure(1, max(len(by_task), 1), width=4.2 * max(len(by_task), 1), height=2.6)
+    # the legend sits right of each panel: with eight arms there is no free corner inside it
+    fig, axes = new_figure(1, max(len(by_task), 1), width=5.4 * max(len(by_task), 1), height=2.6)
     with style():
         for ax, (task, by_arm) in zip(axes[0], by_task.items() or [("", {})], strict=True):
             for k, (arm, points) in enumerate(by_arm.items()):
                 xs = sorted(points)
+                n = len(points[xs[0]])
                 means = [100 * float(np.mean(points[x])) for x in xs]
                 stds = [100 * float(np.std(points[x], ddof=1)) if len(points[x]) > 1 else 0.0 for x in xs]
                 ax.errorbar(xs, means, yerr=stds, marker="o", ms=3, lw=1.1, capsize=2, color=f"C{k}",
-                            label=f"{arm} ({len(points[xs[0]])} seeds)")  # fmt: skip
+                            label=f"{arm} ({n} seed{'s' if n > 1 else ''})")  # fmt: skip
             if not by_arm:
                 ax.text(0.5, 0.5, "no runs with search.test_at", ha="center", va="center", transform=ax.transAxes)
             ax.set_xlabel("fitness evaluations (calls)")
             ax.set_ylabel("test metric (%)")
             ax.set_title(title if len(by_task) < 2 else f"{title} ({task})", fontsize=8)
             if by_arm:
-                ax.legend(fontsize=6)
+                ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
         fig.tight_layout()
         footer(fig, describe_records(records, profile))
     return fig
