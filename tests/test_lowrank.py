@@ -57,7 +57,9 @@ def test_population_equals_separate_forwards(tiny_models, name, reuse):
                 sep.append(class_logits(loaded, head, data))
             patch.set_layer(layer, saved or None)
             sep = torch.stack(sep)
-            torch.testing.assert_close(pop, sep, atol=1e-5, rtol=1e-5)
+            # batched and one-candidate matmuls sum in different orders: on AVX-512 CPUs fp32 logits
+            # differ by up to 3e-5 here (measured), still 30x below what an update changes
+            torch.testing.assert_close(pop, sep, atol=1e-4, rtol=1e-4)
             assert (sep - base).abs().max() > 1e-3  # the updates do change the logits
     finally:
         patch.remove()

@@ -91,7 +91,6 @@ def save(fig, folder: str | Path, name: str, formats: Sequence[str] = ("pdf", "p
 
     import matplotlib
 
-
     paths = []
     with matplotlib.rc_context(RC):
         for fmt in formats:
