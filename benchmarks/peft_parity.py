@@ -80,8 +80,8 @@ def main() -> int:
     from dflora_core.data.loaders import read_glue_sst2_tsv
     from dflora_core.environment import package_versions
     from dflora_core.results.record import load_record
-    from dflora_core.workbench.export import export
-    from dflora_core.workbench.tuned import load_tuned
+    from dflora_core.tuned.classifier import load_tuned
+    from dflora_core.tuned.export import export
 
     torch.set_num_threads(args.threads)
     rec = load_record(args.run)

@@ -259,12 +259,12 @@ def make_parser() -> argparse.ArgumentParser:
     _add_run_flags(p)
     p.set_defaults(fn=cmd_config)
     from .bench.cli import add_parser as add_bench
-    from .workbench.compare import add_arguments as add_compare
+    from .grids.compare import add_arguments as add_compare
 
     add_compare(sub.add_parser("compare", help="run methods x tasks x seeds and render the main table"))
     add_bench(sub.add_parser("bench", help="speed, fidelity and memory benchmarks (benchmarks/README.md)"))
     # using a tuned run (docs/export.md): the parsers live beside their commands in the workbench
-    from .workbench import export, predict, reproduce
+    from .tuned import export, predict, reproduce
 
     for name, add, text in (
         ("export", export.add_arguments, "a tuned run as a PEFT adapter, a merged model or BBT prompts"),

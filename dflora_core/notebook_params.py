@@ -173,7 +173,7 @@ def open_profile(params: Mapping[str, Any], quiet: bool = False):
 
     Also applies the profile's torch thread count, and creates the output folders.
     """
-    from .workbench.profiles import load_profile
+    from .lab.profiles import load_profile
 
     prof = load_profile(params["profile"]).with_paths(
         params.get("runs_root") or None, params.get("figures_dir") or None

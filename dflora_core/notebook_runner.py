@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.lab:
         return lab_main(Path(args.notebooks), args.port)
 
-    from .workbench.profiles import load_profile
+    from .lab.profiles import load_profile
 
     try:
         profile = load_profile(args.profile).with_paths(args.runs_root, args.figures_dir)

@@ -60,8 +60,9 @@ params = _guard.validate(globals())
 
 from IPython.display import Markdown, display
 
+from dflora_core.lab import analyses
 from dflora_core.notebook_params import open_profile
-from dflora_core.workbench import analyses, plotting
+from dflora_core.reports import statistics_figures, style
 
 prof = open_profile(params)
 root, figdir = prof.path("runs_root"), prof.path("figures_dir")
@@ -89,8 +90,8 @@ print(f"recorded: {path}")
 # statistic implies.
 
 # %%
-fig = plotting.hidden_stats_figure(result)
-plotting.save(fig, figdir, "hidden_state_stats", prof.figures.formats, prof.figures.dpi)
+fig = statistics_figures.hidden_stats_figure(result)
+style.save(fig, figdir, "hidden_state_stats", prof.figures.formats, prof.figures.dpi)
 display(fig)
 
 # %% [markdown]

@@ -55,8 +55,10 @@ params = _guard.validate(globals())
 
 from IPython.display import display
 
+from dflora_core.grids import plans
+from dflora_core.lab import analyses
 from dflora_core.notebook_params import open_profile
-from dflora_core.workbench import analyses, plans, plotting
+from dflora_core.reports import statistics_figures, style
 
 prof = open_profile(params)
 root, figdir = prof.path("runs_root"), prof.path("figures_dir")
@@ -82,8 +84,8 @@ print(f"{study.loaded.name}: {study.num_layers} layers, targets {','.join(study.
 # %%
 result = study.study(analyses.default_projection_settings(prof))
 analyses.save_analysis(root, "projection", result)
-fig = plotting.projection_figure(result)
-plotting.save(fig, figdir, "projection_scale", prof.figures.formats, prof.figures.dpi)
+fig = statistics_figures.projection_figure(result)
+style.save(fig, figdir, "projection_scale", prof.figures.formats, prof.figures.dpi)
 display(fig)
 
 # %%
@@ -107,8 +109,8 @@ display(
 # %%
 calibrated = study.calibrated("ril")
 analyses.save_analysis(root, "projection_calibrated", calibrated)
-fig = plotting.projection_figure(calibrated)
-plotting.save(fig, figdir, "projection_calibrated", prof.figures.formats, prof.figures.dpi)
+fig = statistics_figures.projection_figure(calibrated)
+style.save(fig, figdir, "projection_calibrated", prof.figures.formats, prof.figures.dpi)
 display(fig)
 
 # %% [markdown]
@@ -131,7 +133,7 @@ if params.interactive:
     def explore(init, source, d, sigma, alpha, rank):
         setting = {"init": init, "source": source, "d": d, "sigma": sigma, "alpha": alpha, "rank": rank}
         res = study.study([setting])
-        f = plotting.projection_figure(res)
+        f = statistics_figures.projection_figure(res)
         display(f)
         plt.close(f)
 

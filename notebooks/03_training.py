@@ -62,9 +62,11 @@ params = _guard.validate(globals())
 
 from IPython.display import display
 
+from dflora_core.grids import plans
+from dflora_core.lab import live
 from dflora_core.models.registry import load_model
 from dflora_core.notebook_params import open_profile
-from dflora_core.workbench import live, plans, plotting, tables
+from dflora_core.reports import style, tables, training_figures
 
 prof = open_profile(params)
 root, figdir = prof.path("runs_root"), prof.path("figures_dir")
@@ -92,7 +94,7 @@ sessions = {
 
 # %%
 first = list(sessions)[0]
-sessions[first].show();  # `;` keeps the cell to its figure and controls
+sessions[first].show()  # `;` keeps the cell to its figure and controls
 
 # %%
 # finishes the budget (live), then the final test score of the best-dev snapshot
@@ -124,5 +126,5 @@ display(summary.set_index("method"))
 caption = f"Live training runs ({prof.label}): final test score of the best-dev snapshot against zero-shot."
 tables.write_table(summary.set_index("method"), figdir, "table_training", caption)
 for m, rec in records.items():
-    fig = plotting.record_training_figure(rec, prof.name)
-    plotting.save(fig, figdir, f"training_{m}", prof.figures.formats, prof.figures.dpi)
+    fig = training_figures.record_training_figure(rec, prof.name)
+    style.save(fig, figdir, f"training_{m}", prof.figures.formats, prof.figures.dpi)

@@ -57,8 +57,10 @@ params = _guard.validate(globals())
 from IPython.display import Markdown, display
 
 from dflora_core.errors import ConfigError
+from dflora_core.grids import collect, grid, plans
+from dflora_core.lab import live
 from dflora_core.notebook_params import open_profile
-from dflora_core.workbench import collect, grid, live, plans, plotting, tables
+from dflora_core.reports import comparison_figures, style, tables
 
 prof = open_profile(params)
 root, figdir = prof.path("runs_root"), prof.path("figures_dir")
@@ -128,10 +130,10 @@ for study in [s for s in plans.STUDIES if s in chosen]:
 
 # %%
 for study, fn, name in (
-    ("intrinsic_dim", plotting.dimension_figure, "subspace_dimension"),
-    ("rank", plotting.rank_figure, "rank"),
+    ("intrinsic_dim", comparison_figures.dimension_figure, "subspace_dimension"),
+    ("rank", comparison_figures.rank_figure, "rank"),
 ):
     if study in chosen:
         fig = fn(frame, records, prof.name)
-        plotting.save(fig, figdir, name, prof.figures.formats, prof.figures.dpi)
+        style.save(fig, figdir, name, prof.figures.formats, prof.figures.dpi)
         display(fig)

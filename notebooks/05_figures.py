@@ -53,8 +53,10 @@ params = _guard.validate(globals())
 from IPython.display import Markdown, display
 
 from dflora_core import methods
+from dflora_core.grids import collect, plans
+from dflora_core.lab import analyses
 from dflora_core.notebook_params import open_profile
-from dflora_core.workbench import analyses, collect, plans, plotting, tables
+from dflora_core.reports import comparison_figures, curves, statistics_figures, style, tables, training_figures
 
 prof = open_profile(params)
 root, figdir = prof.path("runs_root"), prof.path("figures_dir")
@@ -65,7 +67,7 @@ written = []
 
 
 def save(fig, name):
-    written.extend(plotting.save(fig, figdir, name, **fmt))
+    written.extend(style.save(fig, figdir, name, **fmt))
     display(fig)
 
 
@@ -98,7 +100,7 @@ if missing:
     )
 
 # %%
-save(plotting.main_comparison_figure(main_recs, prof.name), "main_comparison")
+save(comparison_figures.main_comparison_figure(main_recs, prof.name), "main_comparison")
 
 # %% [markdown]
 # ## Convergence
@@ -109,11 +111,11 @@ save(plotting.main_comparison_figure(main_recs, prof.name), "main_comparison")
 # %%
 idx = collect.index_records(records)
 dfo_main = [idx[p.key] for p in plans.main_plan(prof) if p.key in idx and methods.is_layerwise_lora(p.cfg.method)]
-save(plotting.convergence_figure(dfo_main, prof.name, "convergence: main runs"), "convergence")
+save(training_figures.convergence_figure(dfo_main, prof.name, "convergence: main runs"), "convergence")
 plan_opt = plans.ablation_plan(prof, ["optimizer"])
 opt_recs = [idx[p.key] for p in plan_opt if p.key in idx]
 save(
-    plotting.convergence_figure(opt_recs, prof.name, "convergence: per-layer optimizer (ablation)"),
+    training_figures.convergence_figure(opt_recs, prof.name, "convergence: per-layer optimizer (ablation)"),
     "convergence_optimizer",
 )
 
@@ -132,9 +134,9 @@ for name, recs in collect.comparison_roots(prof):
           f"([n seeds]: fewer than the fullest cell); zero-shot {zs}")
     dfo = [r for r in recs if methods.is_layerwise_lora(r["method"])]
     if dfo:
-        save(plotting.convergence_figure(dfo, prof.name, f"convergence: {name}"), f"convergence_{name}")
+        save(training_figures.convergence_figure(dfo, prof.name, f"convergence: {name}"), f"convergence_{name}")
     if any(r.get("test_curve") for r in recs):  # runs that took the test metric against calls
-        save(plotting.calls_figure(recs, prof.name, f"test metric against calls: {name}"), f"calls_{name}")
+        save(training_figures.calls_figure(recs, prof.name, f"test metric against calls: {name}"), f"calls_{name}")
     if any("scheme" in (r.get("tags") or {}) for r in recs):  # the zeroth-order benchmark's memory table
         table(tables.memory_table(recs), f"table_{name}_memory",
               f"{name}: methods x fine-tuning schemes, test x 100 mean (std) / largest peak memory")
@@ -144,7 +146,7 @@ for name, recs in collect.comparison_roots(prof):
                    "(points, mean (standard error) [95% t interval] seeds won); default rule: the verdict "
                    "of docs/method.md (dev higher on every task, test not below -SE on any)")  # fmt: skip
         table(tables.options_table(labelled), f"table_{name}_paired", caption)
-        table(tables.layer_table(collect.layer_gains_by_arm(labelled)), f"table_{name}_layers",
+        table(tables.layer_table(curves.layer_gains_by_arm(labelled)), f"table_{name}_layers",
               f"Where the calls went ({name}): train-loss decrease per call, calls and decrease by layer third")
 
 # %% [markdown]
@@ -153,8 +155,8 @@ for name, recs in collect.comparison_roots(prof):
 # %%
 plan_abl = plans.ablation_plan(prof)
 frame = collect.study_frame(plan_abl, records)
-save(plotting.dimension_figure(frame, records, prof.name), "subspace_dimension")
-save(plotting.rank_figure(frame, records, prof.name), "rank")
+save(comparison_figures.dimension_figure(frame, records, prof.name), "subspace_dimension")
+save(comparison_figures.rank_figure(frame, records, prof.name), "rank")
 noopt = collect.noopt_records(prof, records)
 table(tables.init_table(frame, noopt), "table_init", "Initialisation (the paper's Table 4): test metric x 100")
 for study in ("rank", "intrinsic_dim", "targets", "optimizer"):
@@ -170,17 +172,17 @@ for study in ("rank", "intrinsic_dim", "targets", "optimizer"):
 # %%
 stats = analyses.load_analysis(root, "hidden_stats")
 if stats:
-    save(plotting.hidden_stats_figure(stats), "hidden_state_stats")
+    save(statistics_figures.hidden_stats_figure(stats), "hidden_state_stats")
 proj = analyses.load_analysis(root, "projection")
 if proj:
-    save(plotting.projection_figure(proj), "projection_scale")
+    save(statistics_figures.projection_figure(proj), "projection_scale")
 calibrated = analyses.load_analysis(root, "projection_calibrated")
 if calibrated:
-    save(plotting.projection_figure(calibrated), "projection_calibrated")
+    save(statistics_figures.projection_figure(calibrated), "projection_calibrated")
 for m in prof.training.methods:
     p = [x for x in plans.training_plan(prof) if x.cfg.method == m][0]
     if p.key in idx:
-        save(plotting.record_training_figure(idx[p.key], prof.name), f"training_{m}")
+        save(training_figures.record_training_figure(idx[p.key], prof.name), f"training_{m}")
 
 # %%
 print(f"{len(written)} files written to {figdir}:")

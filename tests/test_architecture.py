@@ -28,11 +28,25 @@ LAYERS: list[tuple[str, ...]] = [
     ("baselines",),
     ("results",),
     ("runner",),
-    ("workbench",),
+    # the top floor (docs/architecture.md): reading records, using a finished run, grids, what notebooks run
+    ("reports",),
+    ("tuned",),
+    ("grids",),
+    ("lab",),
     ("bench",),
     ("cli", "notebook_runner", "notebook_params", "__main__", "__init__"),
 ]
 MAX_LINES = 500
+# the top floor's packages and the packages of that floor each may import (the layer order alone would
+# let tuned/ import reports/ and lab/ import tuned/: nothing needs it, so nothing may)
+TOP_FLOOR = {
+    "reports": set(),
+    "tuned": set(),
+    "grids": {"reports"},
+    "lab": {"reports", "grids"},
+}
+# reports/ reads records and never runs a model: below the top floor it sees only these
+REPORTS_MAY_IMPORT = {"errors", "metrics", "seeds", "fileio", "statefile", "environment", "config", "methods", "results"}
 
 
 def module_name(path: Path) -> str:
@@ -100,6 +114,45 @@ def test_no_import_runs_from_a_lower_layer_to_a_higher_one():
         if layer_of(t) > layer_of(m)
     ]
     assert not upward, "\n".join(upward)
+
+
+def top_package(name: str) -> str:
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def test_the_top_floor_imports_only_what_its_order_allows():
+    wrong = [
+        f"{m} imports {t}: {top_package(m)}/ may import only {sorted(TOP_FLOOR[top_package(m)]) or 'nothing'} of the top floor"
+        for m, targets in graph().items()
+        if top_package(m) in TOP_FLOOR
+        for t in sorted(targets)
+        if top_package(t) in TOP_FLOOR
+        and top_package(t) != top_package(m)
+        and top_package(t) not in TOP_FLOOR[top_package(m)]
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_reports_never_reach_a_model():
+    wrong = [
+        f"{m} imports {t}"
+        for m, targets in graph().items()
+        if top_package(m) == "reports"
+        for t in sorted(targets)
+        if top_package(t) != "reports" and top_package(t) not in REPORTS_MAY_IMPORT
+    ]
+    assert not wrong, "reports/ reads records only:\n" + "\n".join(wrong)
+
+
+def test_the_top_floor_checks_see_a_planted_import(tmp_path, monkeypatch):
+    """The two checks above fail on an import against the order (so they cannot pass vacuously)."""
+    planted = {"dflora_core.reports.tables": {"dflora_core.grids.grid", "dflora_core.runner"}}
+    monkeypatch.setattr(__import__(__name__), "graph", lambda: planted)
+    with pytest.raises(AssertionError, match="reports/ may import only nothing"):
+        test_the_top_floor_imports_only_what_its_order_allows()
+    with pytest.raises(AssertionError, match="dflora_core.runner"):
+        test_reports_never_reach_a_model()
 
 
 def test_no_import_cycle():

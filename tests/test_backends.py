@@ -1,4 +1,4 @@
-"""Grids on other backends (workbench/backends.py, workbench/rayrun.py; docs/scale-out.md): local
+"""Grids on other backends (grids/backends.py, grids/rayrun.py; docs/scale-out.md): local
 processes (`--jobs`) and Ray give the serial grid's records, a worker killed mid-run is retried
 and still gives them, a failing run does not stop the others, and the default backend never
 imports Ray. Ray tests share one local instance of this machine's 2 CPUs."""
@@ -18,10 +18,10 @@ import pytest
 
 from dflora_core.errors import ConfigError, DfloraError
 from dflora_core.fileio import read_json
+from dflora_core.grids.backend_base import BackendSpec, check_backend
+from dflora_core.grids.compare import build_configs
+from dflora_core.grids.grid import find_run, run_grid
 from dflora_core.results.record import RunFolder
-from dflora_core.workbench.backend_base import BackendSpec, check_backend
-from dflora_core.workbench.compare import build_configs
-from dflora_core.workbench.grid import find_run, run_grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 needs_ray = pytest.mark.skipif(
@@ -86,7 +86,7 @@ def test_backend_settings_are_checked_in_one_line():
 
 def test_a_profile_names_its_backend():
     from dflora_core.config import load_yaml
-    from dflora_core.workbench.profiles import REPO_ROOT, profile_from_dict
+    from dflora_core.lab.profiles import REPO_ROOT, profile_from_dict
 
     data = load_yaml(REPO_ROOT / "configs" / "smoke.yaml")
     assert profile_from_dict(data, "smoke").backend.name == "inprocess"  # notebooks: in the kernel by default
@@ -155,7 +155,7 @@ def test_a_failing_run_does_not_stop_the_others_locally(local_grid):
 @pytest.fixture(scope="module")
 def ray_instance():
     """One local instance for the module, started as `--backend ray` starts it (execute then reuses it)."""
-    from dflora_core.workbench.rayrun import connect
+    from dflora_core.grids.rayrun import connect
 
     ray, started = connect(BackendSpec(name="ray"))
     yield ray
@@ -164,7 +164,7 @@ def ray_instance():
 
 
 def execute_on_ray(root, configs, **spec):
-    from dflora_core.workbench.backends import execute
+    from dflora_core.grids.backends import execute
 
     return execute(configs, root, spec=BackendSpec(name="ray", **spec))
 
@@ -225,7 +225,7 @@ def test_a_worker_killed_mid_run_is_retried_with_the_same_record(ray_instance, s
 
 @needs_ray
 def test_a_failing_ray_run_does_not_stop_the_others(ray_instance, tmp_path, capsys):
-    from dflora_core.workbench.backends import pending_runs
+    from dflora_core.grids.backends import pending_runs
 
     good, bad = build_configs(["sst2"], ["zeroshot", "c-lora"], [13], **{**KW, "sets": [*SETS, "c-lora:lowrank.layers=[40]"]})
     [failure] = execute_on_ray(tmp_path, [good, bad])
@@ -237,7 +237,8 @@ def test_a_failing_ray_run_does_not_stop_the_others(ray_instance, tmp_path, caps
 
 @needs_ray
 def test_a_profile_plan_runs_on_ray_with_its_tags_and_one_line_per_run(ray_instance, serial, tmp_path):
-    from dflora_core.workbench import live, plans
+    from dflora_core.grids import plans
+    from dflora_core.lab import live
 
     planned = [plans.PlannedRun("main", "method", c.method, c, {"study": "main"}) for c in grid_configs()]
     lines: list[str] = []

@@ -382,7 +382,7 @@ def _calls(status_text: str) -> int:
 def test_notebook_03_live_curves_update_and_run_n_more_adds_generations(browser, lab):
     from playwright.sync_api import expect
 
-    from dflora_core.workbench.profiles import load_profile
+    from dflora_core.lab.profiles import load_profile
 
     popsize = load_profile("smoke").base.optim.popsize
     page = browser.open(lab, "prepared/03_training.ipynb")

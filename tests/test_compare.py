@@ -13,7 +13,7 @@ COMMON = ["model.device=cpu", "search.eval_every=4", "optim.popsize=4", "baselin
 
 
 def test_parse_sets_and_build_configs():
-    from dflora_core.workbench.compare import build_configs, parse_sets
+    from dflora_core.grids.compare import build_configs, parse_sets
 
     common, per = parse_sets(["search.budget=40", "c-lora:lowrank.layers=[-2,-1]", "bbt:baseline.lr=none"])
     assert common == {"search.budget": 40} and per == {
@@ -35,7 +35,7 @@ def test_parse_sets_and_build_configs():
 
 
 def test_compare_runs_the_grid_and_renders_the_table(tmp_path, tiny_models):
-    from dflora_core.workbench.compare import RUNS_CSV, TABLE_CSV, TABLE_MD, compare
+    from dflora_core.grids.compare import RUNS_CSV, TABLE_CSV, TABLE_MD, compare
 
     methods = ["zeroshot", "zeroshot-calibrated", "c-lora", "bbt", "lora"]
     if any(m == "lora" for m in methods):
@@ -64,13 +64,14 @@ def test_compare_runs_the_grid_and_renders_the_table(tmp_path, tiny_models):
     # the figures notebook renders such a grid from a profile's extra root (the committed results/)
     from types import SimpleNamespace
 
-    from dflora_core.workbench import collect, plotting, tables
+    from dflora_core.grids import collect
+    from dflora_core.reports import tables, training_figures
 
     [(name, recs)] = collect.comparison_roots(SimpleNamespace(extra_paths=lambda: [tmp_path, tmp_path / "none"]))
     assert name == tmp_path.name and len(recs) == 20
     grid, _, zero_shot = tables.comparison_table(recs, tables.method_order(r["method"] for r in recs))
     assert set(grid.index) == set(methods) and set(zero_shot.index) == {"sst2", "rte"}
-    fig = plotting.convergence_figure([r for r in recs if r["method"] == "c-lora"], "smoke")
+    fig = training_figures.convergence_figure([r for r in recs if r["method"] == "c-lora"], "smoke")
     assert len(fig.axes[0].lines) == 4  # one train-fitness curve per (task, seed)
 
 
@@ -97,7 +98,7 @@ def test_cli_compare(tmp_path, capsys):
 
 def test_isolated_runs_record_their_own_memory(tmp_path):
     """The default: each pending run in its own process (peak RSS per run), then the table."""
-    from dflora_core.workbench.compare import compare
+    from dflora_core.grids.compare import compare
 
     out = compare(["sst2"], ["zeroshot"], [13], root=tmp_path, model="tiny-llama", max_test=16, sets=COMMON)
     assert out["ran"] == 1 and out["records"][0]["status"] == "done"

@@ -90,7 +90,7 @@ def test_an_error_in_a_settings_file_names_the_file(tmp_path):
     from argparse import Namespace
 
     from dflora_core.cli import build_config
-    from dflora_core.workbench.profiles import load_profile
+    from dflora_core.lab.profiles import load_profile
 
     bad = tmp_path / "mine.yaml"
     bad.write_text("search:\n  budgett: 3\n")

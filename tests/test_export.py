@@ -17,8 +17,8 @@ from safetensors import safe_open
 from dflora_core.cli import main
 from dflora_core.errors import DfloraError
 from dflora_core.models import tiny
-from dflora_core.workbench.export import adapted_modules, export
-from dflora_core.workbench.tuned import load_tuned
+from dflora_core.tuned.classifier import load_tuned
+from dflora_core.tuned.export import adapted_modules, export
 from tolerances import assert_moves, assert_within, forward_bound
 
 peft = pytest.importorskip("peft")

@@ -138,7 +138,7 @@ def test_a_grid_leaves_a_run_held_elsewhere_to_its_holder_when_asked(tmp_path, c
     """Two drivers of one grid share its runs: the busy run is skipped (said on stderr), the rest runs."""
     from dflora_core.config import RunConfig
     from dflora_core.errors import RunBusyError
-    from dflora_core.workbench.grid import find_run, run_grid
+    from dflora_core.grids.grid import find_run, run_grid
 
     base = RunConfig().replace(**{"method": "zeroshot", "model.name": "tiny-llama", "model.device": "cpu",
                                   "data.task": "sst2", "data.max_test": 8, "progress": False})  # fmt: skip
@@ -361,7 +361,7 @@ def test_a_run_in_a_grid_reports_its_own_peak_memory_not_an_earlier_runs(tmp_pat
     """Grids run many runs in one process; each record's CPU peak starts at its run (Linux peak-RSS reset)."""
     from dflora_core.config import RunConfig
     from dflora_core.environment import current_rss, peak_rss
-    from dflora_core.workbench.grid import run_grid
+    from dflora_core.grids.grid import run_grid
 
     big = np.ones(512 * 2**20 // 8)  # an earlier run's 512 MiB peak, freed before the next run
     del big

@@ -89,11 +89,11 @@ def test_the_gpu_run_names_real_models_and_the_paper_profiles_own_runs():
     """Its models exist; its grid (paper.yaml's run settings through `dflora compare`) has the identities of the
     paper profile's C-LoRA and F-LoRA main runs: 7 tasks x 5 seeds each."""
     from dflora_core.config import identity, load_yaml
+    from dflora_core.grids.compare import build_configs
+    from dflora_core.grids.plans import main_plan
+    from dflora_core.lab.profiles import REPO_ROOT, load_profile
     from dflora_core.models.registry import check_model_name
     from dflora_core.models.tiny import SHAPES
-    from dflora_core.workbench.compare import build_configs
-    from dflora_core.workbench.plans import main_plan
-    from dflora_core.workbench.profiles import REPO_ROOT, load_profile
 
     text = (GPU / "run.sh").read_text()
     assert "shapes=(roberta-large-shape gpt2-xl-shape smollm2)" in text and "--model gpt2-xl-shape" in text

@@ -9,7 +9,7 @@ import pytest
 
 from dflora_core import seeds
 from dflora_core.config import RunConfig, from_dict, identity, identity_fields
-from dflora_core.workbench.grid import find_run, is_recorded, run_dir
+from dflora_core.grids.grid import find_run, is_recorded, run_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -47,8 +47,8 @@ def test_every_notebook_is_expected():
 
 # -- profiles ------------------------------------------------------------------------------------------
 def test_shipped_profiles_load_and_plan_valid_runs():
-    from dflora_core.workbench.plans import all_planned, training_plan, unique_runs
-    from dflora_core.workbench.profiles import available_profiles, load_profile
+    from dflora_core.grids.plans import all_planned, training_plan, unique_runs
+    from dflora_core.lab.profiles import available_profiles, load_profile
 
     assert {"smoke", "quick", "paper"} <= set(available_profiles())
     for name in ("smoke", "quick", "paper"):
@@ -76,7 +76,7 @@ def test_shipped_profiles_load_and_plan_valid_runs():
 )
 def test_profile_errors_name_the_key(change, field):
     from dflora_core.config import _merge, load_yaml
-    from dflora_core.workbench.profiles import CONFIG_DIR, profile_from_dict
+    from dflora_core.lab.profiles import CONFIG_DIR, profile_from_dict
 
     data = _merge(load_yaml(CONFIG_DIR / "smoke.yaml"), change)
     with pytest.raises(ConfigError) as err:
@@ -86,7 +86,7 @@ def test_profile_errors_name_the_key(change, field):
 
 def test_profile_rejects_a_run_shorter_than_one_round():
     from dflora_core.config import _merge, load_yaml
-    from dflora_core.workbench.profiles import CONFIG_DIR, profile_from_dict
+    from dflora_core.lab.profiles import CONFIG_DIR, profile_from_dict
 
     data = _merge(load_yaml(CONFIG_DIR / "smoke.yaml"), {"ablations": {"run": {"search": {"budget": 5}}}})
     with pytest.raises(ConfigError, match="search.budget"):
@@ -198,13 +198,13 @@ def test_figures_are_deterministic_and_labelled(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from dflora_core.workbench import plotting
+    from dflora_core.reports import statistics_figures, style
 
     blobs = []
     for k in range(2):
-        fig = plotting.hidden_stats_figure(_fake_result())
+        fig = statistics_figures.hidden_stats_figure(_fake_result())
         assert any("smoke profile" in t.get_text() for t in fig.texts)
-        paths = plotting.save(fig, tmp_path / str(k), "stats", ("pdf", "png", "svg"))
+        paths = style.save(fig, tmp_path / str(k), "stats", ("pdf", "png", "svg"))
         blobs.append([p.read_bytes() for p in paths])
     assert blobs[0] == blobs[1]
     assert b"CreationDate" not in blobs[0][0]
@@ -223,10 +223,10 @@ def one_thread():
 
 
 def test_run_n_more_generations_gives_the_same_record(tmp_path, one_thread):
-    from dflora_core.workbench.grid import run_grid
-    from dflora_core.workbench.live import TrainingSession
-    from dflora_core.workbench.plans import training_plan
-    from dflora_core.workbench.profiles import load_profile
+    from dflora_core.grids.grid import run_grid
+    from dflora_core.grids.plans import training_plan
+    from dflora_core.lab.live import TrainingSession
+    from dflora_core.lab.profiles import load_profile
 
     prof = load_profile("smoke")
     planned = training_plan(prof)[0]
@@ -291,10 +291,10 @@ def test_rerun_reuses_runs_and_regenerates_identical_figures(smoke_sequence, one
     import matplotlib
 
     matplotlib.use("Agg")
-    from dflora_core.workbench import plotting
-    from dflora_core.workbench.collect import index_records, load_all_records, study_frame
-    from dflora_core.workbench.plans import ablation_plan, main_plan, run_plan
-    from dflora_core.workbench.profiles import load_profile
+    from dflora_core.grids.collect import index_records, load_all_records, study_frame
+    from dflora_core.grids.plans import ablation_plan, main_plan, run_plan
+    from dflora_core.lab.profiles import load_profile
+    from dflora_core.reports import comparison_figures, style, training_figures
 
     runs, figures = smoke_sequence["runs"], smoke_sequence["figures"]
     records = sorted(runs.glob("**/record.json"))
@@ -323,9 +323,9 @@ def test_rerun_reuses_runs_and_regenerates_identical_figures(smoke_sequence, one
     frame = study_frame(ablation_plan(prof), recs)
     dfo = [idx[p.key] for p in main_plan(prof) if p.key in idx and p.cfg.method in ("c-lora", "f-lora")]
     fmt = {"formats": prof.figures.formats, "dpi": prof.figures.dpi}
-    again = plotting.save(plotting.rank_figure(frame, recs, "smoke"), runs / "again", "rank", **fmt)
-    again += plotting.save(
-        plotting.convergence_figure(dfo, "smoke", "convergence: main runs"), runs / "again", "convergence", **fmt
+    again = style.save(comparison_figures.rank_figure(frame, recs, "smoke"), runs / "again", "rank", **fmt)
+    again += style.save(
+        training_figures.convergence_figure(dfo, "smoke", "convergence: main runs"), runs / "again", "convergence", **fmt
     )
     changed = [p.name for p in again if p.read_bytes() != (figures / p.name).read_bytes()]
     assert not changed, f"regenerated figures differ: {changed}"

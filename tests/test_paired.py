@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from dflora_core.workbench import paired, tables
+from dflora_core.reports import paired, tables
 
 
 def rec(label, task, seed, test, dev, method="c-lora", curve=None):
@@ -80,7 +80,7 @@ def test_the_calls_figure_has_one_curve_per_arm():
     import matplotlib
 
     matplotlib.use("Agg")
-    from dflora_core.workbench import plotting
+    from dflora_core.reports import training_figures
 
     curve = [{"at": 120, "value": 0.6}, {"at": 600, "value": 0.7}]
     recs = [rec(lab, "sst2", s, 0.7, 0.6, curve=curve) for lab in ("default", "bandit") for s in (1, 2)]
@@ -88,12 +88,12 @@ def test_the_calls_figure_has_one_curve_per_arm():
 
     for r in recs:
         r["config"] = RunConfig().to_dict()
-    fig = plotting.calls_figure(recs, "test")
+    fig = training_figures.calls_figure(recs, "test")
     assert len(fig.axes[0].containers) == 2  # two error-bar series
     mrpc = [rec("default", "mrpc", s, 0.7, 0.6, curve=[{"at": 120, "value": 0.8}]) for s in (1, 2)]
     for r in mrpc:
         r["config"] = RunConfig().to_dict()
-    fig = plotting.calls_figure(recs + mrpc, "test")  # one panel per task: an F1 is not averaged with an accuracy
+    fig = training_figures.calls_figure(recs + mrpc, "test")  # one panel per task: an F1 is not averaged with an accuracy
     assert [len(ax.containers) for ax in fig.axes[:2]] == [2, 1]
     assert [ax.get_title().rsplit("(", 1)[-1] for ax in fig.axes[:2]] == ["sst2)", "mrpc)"]
 
@@ -101,7 +101,7 @@ def test_the_calls_figure_has_one_curve_per_arm():
 def test_layer_gains_are_pooled_per_arm_and_per_task_when_the_runs_span_tasks(tmp_path):
     import json
 
-    from dflora_core.workbench import collect
+    from dflora_core.reports import curves
 
     def run(label, task, drops):
         folder = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
@@ -113,9 +113,9 @@ def test_layer_gains_are_pooled_per_arm_and_per_task_when_the_runs_span_tasks(tm
         (folder / "history.json").write_text(json.dumps(hist))
         return {"tags": {"label": label}, "task": task, "start_fitness": 1.0, "_dir": str(folder)}
 
-    one = collect.layer_gains_by_arm([run("default", "sst2", [0.1, 0.2]), run("default", "sst2", [0.3])])
+    one = curves.layer_gains_by_arm([run("default", "sst2", [0.1, 0.2]), run("default", "sst2", [0.3])])
     assert list(one) == ["default"] and sorted(r["decrease"] for r in one["default"]) == pytest.approx([0.1, 0.2, 0.3])
-    two = collect.layer_gains_by_arm([run("default", "sst2", [0.1]), run("default", "mrpc", [0.4])])
+    two = curves.layer_gains_by_arm([run("default", "sst2", [0.1]), run("default", "mrpc", [0.4])])
     assert list(two) == ["default (sst2)", "default (mrpc)"]
     assert [two[k][0]["decrease"] for k in two] == pytest.approx([0.1, 0.4])
 
@@ -162,7 +162,7 @@ def test_the_paired_columns_of_a_grid_with_known_differences(tmp_path):
     """sst2: mean +3.0, sd 2.24, se 1.0, t(4) = 2.776 -> [+0.2, +5.8], 4 of 5 seeds won; rte: -5.0 [-5.9, -4.1] 0/5."""
     import pandas as pd
 
-    from dflora_core.workbench.compare import TABLE_CSV, TABLE_MD, render
+    from dflora_core.grids.compare import TABLE_CSV, TABLE_MD, render
 
     recs = grid_records()
     grid, _, _ = tables.comparison_table(recs, ["zeroshot", "bbt", "c-lora"], ["sst2", "rte"], vs="bbt")

@@ -7,8 +7,8 @@ import pytest
 
 from dflora_core.cli import main
 from dflora_core.errors import DfloraError
-from dflora_core.workbench.predict import evaluate, read_inputs
-from dflora_core.workbench.tuned import load_tuned
+from dflora_core.tuned.classifier import load_tuned
+from dflora_core.tuned.predict import evaluate, read_inputs
 from tolerances import U, gamma
 
 

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 
 from dflora_core.cli import main
-from dflora_core.workbench.reproduce import reproduce
+from dflora_core.tuned.reproduce import reproduce
 
 
 def test_a_tiny_run_reproduces_identically(tiny_run, tiny_models, tmp_path):

@@ -65,8 +65,8 @@ def launch(runs: list[tuple[RunConfig, dict]], args) -> None:
         return
     configs, tags = [cfg for cfg, _ in runs], [t for _, t in runs]
     if args.jobs > 1:  # local processes (the GPU machine): each loads its model, runs side by side
-        from dflora_core.workbench.backend_base import BackendSpec
-        from dflora_core.workbench.backends import execute
+        from dflora_core.grids.backend_base import BackendSpec
+        from dflora_core.grids.backends import execute
 
         failures = execute(configs, args.root, tags, BackendSpec(name="local", jobs=args.jobs))
         for f in failures:
@@ -76,7 +76,7 @@ def launch(runs: list[tuple[RunConfig, dict]], args) -> None:
         return
     import torch
 
-    from dflora_core.workbench.grid import run_grid
+    from dflora_core.grids.grid import run_grid
 
     torch.set_num_threads(1)  # two grids side by side on 2 cores; the record says so (machine.torch_threads)
     # in order; each run's folder is written as soon as it finishes, and the model is loaded once

@@ -4,7 +4,7 @@
         [--root DIR] [--seeds 13,42] [--set KEY=VALUE] [--jobs N] [--dry-run]
 
 Every run is recorded under the part's root (a finished run is read back, an interrupted one
-resumed), labelled with its arm in ``tags.label``; ``dflora_core.workbench.tables.options_table``
+resumed), labelled with its arm in ``tags.label``; ``dflora_core.reports.tables.options_table``
 renders them. Protocol (stated next to every table): SmolLM2-135M, all 30 layers, 600 calls
 (1,200 in part sst2-1200), test on the stratified 300-example subsample (seed 0), the
 dev-selected snapshot's test metric also at 120, 300 and 600 (and 1,200) calls. One thread per run.

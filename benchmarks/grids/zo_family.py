@@ -11,7 +11,7 @@ layers (300 calls = 2.5 rounds; 30 layers would not afford one round of 20 candi
 perturbs all 135M weights (about a minute per 30-member step on 2 CPU cores), so it runs one
 seed (``ONE_SEED``) on a CPU and its row says so (``tags.seeds_note``); on a GPU (benchmarks/gpu/run.sh:
 ``--set model.device=cuda --jobs 10``) it runs every seed. Every run is labelled with its arm in
-``tags.label`` and its fine-tuning scheme in ``tags.scheme``; ``workbench.tables.comparison_table``
+``tags.label`` and its fine-tuning scheme in ``tags.scheme``; ``reports.tables.comparison_table``
 and ``memory_table`` render them (notebook 05). Seed-major: after k seeds every arm has k seeds.
 """
 

@@ -28,7 +28,7 @@ from ..config import from_dict
 from ..environment import git_commit, package_versions
 from ..errors import DfloraError
 from ..search.method import ADAPTER
-from .tuned import finished_record
+from .classifier import finished_record
 
 # the fields compared: the measured numbers of a run (dotted paths into the record)
 COMPARED = (

@@ -379,7 +379,9 @@ def options_table(records, reference: str = "default"):
         dev, test = paired(df, arm, reference, "best_dev"), paired(df, arm, reference, "test")
         for task in tasks:
             g = df[(df["arm"] == arm) & (df["task"] == task)]
-            row[f"{task} test"] = mean_std(g["test"].tolist()) + seeds_mark(g["seed"].nunique(), most) if len(g) else "-"
+            row[f"{task} test"] = (
+                mean_std(g["test"].tolist()) + seeds_mark(g["seed"].nunique(), most) if len(g) else "-"
+            )
             if arm != reference:
                 row[f"{task} Δdev"] = fmt_points(dev[task], se=True) if task in dev else "-"
                 row[f"{task} Δtest"] = fmt_points(test[task], se=True) if task in test else "-"

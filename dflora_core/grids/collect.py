@@ -13,10 +13,9 @@ from typing import Any
 from .. import methods
 from ..config import from_dict, identity
 from ..errors import DfloraError
-from ..fileio import read_json
+from ..reports.tables import flat_row
 from ..results.record import RunRecord, load_records
 from .plans import PlannedRun, main_plan, noopt_plan, unique_runs
-from .tables import flat_row
 
 
 def index_records(records: Iterable[RunRecord]) -> dict[str, RunRecord]:
@@ -120,40 +119,3 @@ def noopt_records(profile, records: Iterable[RunRecord]) -> list[RunRecord]:
     """The "without optimisation" records that belong to the profile's init study."""
     keys = {p.key for p in noopt_plan(profile)}
     return [rec for key, rec in index_records(records).items() if key in keys]
-
-
-def run_curves(record: RunRecord) -> tuple[list[dict], list[dict]]:
-    """(history rows, dev-curve rows) of a recorded run ([] when absent)."""
-    folder = record.get("_dir")
-    if not folder:
-        return [], []
-    hist = Path(folder) / "history.json"
-    dev = Path(folder) / "dev_curve.json"
-    return (read_json(hist) if hist.is_file() else []), (read_json(dev) if dev.is_file() else [])
-
-
-def layer_gains_by_arm(records: list[RunRecord]) -> dict[str, list[dict]]:
-    """``layer_gains`` of every labelled run, pooled per arm (``tags.label``), and per task where
-    the runs span several tasks (one task's losses are not another's): "arm (task)"."""
-    several = len({r["task"] for r in records}) > 1
-    out: dict[str, list[dict]] = {}
-    for r in records:
-        key = r["tags"]["label"] + (f" ({r['task']})" if several else "")
-        out.setdefault(key, []).extend(layer_gains(r))
-    return out
-
-
-def layer_gains(record: RunRecord) -> list[dict]:
-    """Per generation layer of a layer-wise run: the calls it spent and the decrease of the
-    configuration's train loss it bought (summed over the run's generations at that layer)."""
-    history, _ = run_curves(record)
-    out: dict[int, dict] = {}
-    previous = record.get("start_fitness")  # the configuration at z = 0
-    for g in history:
-        cur = g.get("config_fitness")
-        row = out.setdefault(g["layer"], {"layer": g["layer"], "calls": 0, "decrease": 0.0})
-        row["calls"] += g["n"]
-        if previous is not None and cur is not None:
-            row["decrease"] += previous - cur
-        previous = cur if cur is not None else previous
-    return list(out.values())

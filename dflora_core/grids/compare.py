@@ -13,7 +13,7 @@ through ``results.grid.run_grid``) and writes, under ``--root``:
 Every run gets the same split, prompt, metric and ``search.budget`` (fitness evaluations;
 step-based methods convert it to steps, docs/baselines.md). ``--vs METHOD`` adds, per task, the
 paired difference of every method to METHOD over the seeds both ran: mean, 95% t interval over
-seeds and seeds won (``workbench.paired``), to both tables. ``--set [METHOD:]KEY=VALUE``
+seeds and seeds won (``reports.paired``), to both tables. ``--set [METHOD:]KEY=VALUE``
 overrides a config field for every run or for one method only, e.g.
 ``--set c-lora:lowrank.layers=[-6,-5,-4,-3,-2,-1]``.
 
@@ -21,7 +21,7 @@ A per-method ``--set`` for a method outside ``--methods`` is ignored, so one lis
 can serve several calls; ``--table-only`` runs nothing and renders the runs of the grid that
 are already recorded (e.g. after running some methods with fewer seeds).
 
-Where the pending runs execute (``--backend``, ``workbench/backends.py``, docs/scale-out.md):
+Where the pending runs execute (``--backend``, ``grids/backends.py``, docs/scale-out.md):
 by default each in its own local Python process, so that the peak resident memory in its
 record (process peak RSS on CPU) is that run's own, ``--jobs N`` of them at a time;
 ``--backend ray`` makes each a Ray task (``--cpus-per-run``, ``--gpus-per-run``, ``--address``
@@ -39,11 +39,11 @@ from pathlib import Path
 from .. import methods
 from ..config import _merge, _nest, from_dict, load_run_settings, parse_assignments
 from ..errors import DfloraError
+from ..reports.tables import VS_CAPTION, comparison_table, frame, to_markdown
 from ..results.record import RunRecord
 from .backend_base import BACKENDS, BackendSpec, GridBar, check_backend, stderr_line
 from .backends import execute
 from .grid import finished_run, run_grid
-from .tables import VS_CAPTION, comparison_table, frame, to_markdown
 
 DEFAULT_ROOT = "runs/compare"
 RUNS_CSV, TABLE_CSV, TABLE_MD = "compare_runs.csv", "compare_table.csv", "compare_table.md"

@@ -1,4 +1,4 @@
-"""What every backend of a grid shares (workbench/backends.py runs them): the backend's settings
+"""What every backend of a grid shares (grids/backends.py runs them): the backend's settings
 (``BackendSpec``, a profile's ``backend:`` section and `dflora compare`'s flags), the runs it
 gets (``Pending``), how it reports them (``Report``: one line per failure, one bar over the
 grid's runs, ``GridBar``) and a run's thread count. docs/scale-out.md.

@@ -17,13 +17,13 @@ import torch
 from ..config import RunConfig
 from ..experiment import Experiment
 from ..fileio import atomic_write_json, read_json
+from ..grids.plans import round_dim
 from ..lowrank.build import build_projection, measure_scales
 from ..lowrank.hidden_stats import SOURCES
 from ..lowrank.probe import ProjectionProbe
 from ..models.registry import load_model
 from ..search.calibration import output_multiplier, power_of
 from ..seeds import generator
-from .plans import round_dim
 
 ANALYSIS = "analysis"
 

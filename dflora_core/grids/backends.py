@@ -6,7 +6,7 @@
 - ``inprocess``: ``grid.run_grid`` in this process (the notebooks: live views of each run);
 - ``local``: each run in a fresh Python process, ``jobs`` at a time (a record's peak memory
   is then its own run's); the process's output goes to ``run.log`` in the run's folder;
-- ``ray``: each run a Ray task with declared resources (``workbench/rayrun.py``; Ray is
+- ``ray``: each run a Ray task with declared resources (``grids/rayrun.py``; Ray is
   imported only there, and only when chosen).
 
 A run that fails for good is reported in one line (what, folder, error) and the others go
@@ -86,7 +86,7 @@ def execute(configs: Sequence[RunConfig], root: str | Path, tags: Iterable[dict]
 
 
 # -- local processes ------------------------------------------------------------------------------
-_CHILD = "from dflora_core.workbench.backends import child_main; child_main()"
+_CHILD = "from dflora_core.grids.backends import child_main; child_main()"
 
 
 def run_local(pending: list[Pending], root: Path, jobs: int, report: Report) -> None:

@@ -21,14 +21,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..experiment import Experiment, zero_shot
+from ..grids.backend_base import GridBar
+from ..grids.grid import find_run
 from ..methods import RunContext
+from ..reports.curves import run_curves
+from ..reports.style import describe_records, footer, new_figure, style
+from ..reports.training_figures import draw_training
 from ..results.record import RunFolder, RunRecord
 from ..runner import run
 from ..search.loop import LayerwiseSearch
-from .backend_base import GridBar
-from .collect import run_curves
-from .grid import find_run
-from .plotting import describe_records, draw_training, footer, new_figure, style
 
 
 def _display(obj, **kw):
@@ -42,7 +43,7 @@ def log_line(text: str) -> None:
 
 
 class LiveCurves:
-    """The three training panels (plotting.draw_training), redrawn at most every ``interval`` s."""
+    """The three training panels (reports.training_figures.draw_training), redrawn at most every ``interval`` s."""
 
     def __init__(self, title: str = "", interval: float = 1.0, show: bool = True, note: str = ""):
         import matplotlib.pyplot as plt

@@ -14,7 +14,7 @@ Every key is typed and validated; an unknown key is an error naming it. Every pl
 configuration is validated (against the model's layer count too) when the profile loads,
 before any model is.
 
-    from dflora_core.workbench.profiles import load_profile
+    from dflora_core.lab.profiles import load_profile
     p = load_profile("quick")            # or a path to a YAML file
     p.base                               # the RunConfig every run starts from
 """
@@ -29,12 +29,12 @@ from .. import methods
 from ..config import RunConfig, _build, _merge, from_dict, load_yaml, settings_from
 from ..data.tasks import TASKS
 from ..errors import ConfigError
+from ..grids.backend_base import BackendSpec, check_backend
+from ..grids.plans import all_planned
 from ..lowrank.arch import TARGET_LETTERS
 from ..lowrank.hidden_stats import SOURCES
 from ..lowrank.projection import INITS
 from ..models.registry import check_model_name, peek_model
-from .backend_base import BackendSpec, check_backend
-from .plans import all_planned
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -119,7 +119,7 @@ class Profile:
     main: MainSpec = field(default_factory=MainSpec)
     ablations: AblationSpec = field(default_factory=AblationSpec)
     figures: FigureSpec = field(default_factory=FigureSpec)
-    # where notebook 04's grid runs (workbench/backends.py): in the kernel by default; `name: local, jobs: N`
+    # where notebook 04's grid runs (grids/backends.py): in the kernel by default; `name: local, jobs: N`
     # or `name: ray` (cpus_per_run, gpus_per_run, address ...) for a many-core machine, a GPU, a cluster
     backend: BackendSpec = field(default_factory=BackendSpec)
     source: str = ""  # the YAML file it came from (set by load_profile)

@@ -4,7 +4,7 @@
     dflora predict --run DIR --file inputs.txt --json        # one example a line, pairs tab-separated
     dflora evaluate --run DIR --task yelp --max-test 500     # SST-2 -> Yelp transfer
 
-Both score with what the run tuned: its template, verbalizer, adapter (``workbench.tuned``) and, for
+Both score with what the run tuned: its template, verbalizer, adapter (``tuned.classifier``) and, for
 a calibrated search, its label bias. ``evaluate`` on another task keeps the run's template and
 needs the same label names in the same order and the same number of text fields; it writes
 ``DIR/evaluations/<task>-<n>.json`` beside the run.
@@ -26,7 +26,7 @@ from ..errors import DfloraError
 from ..experiment import _examples_digest
 from ..fileio import atomic_write_json
 from ..results.record import now
-from .tuned import Tuned, load_tuned
+from .classifier import Tuned, load_tuned
 
 EVALUATIONS = "evaluations"
 

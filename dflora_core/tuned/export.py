@@ -12,7 +12,7 @@
   quantization config (``models.packaged.plain_model``).
 - ``prompts``: the prompts of BBT / BBTv2 as one safetensors file (``prompts.safetensors``).
 
-Every export writes ``dflora_classifier.json`` beside it (``workbench.tuned.classifier_card``):
+Every export writes ``dflora_classifier.json`` beside it (``tuned.classifier.classifier_card``):
 template, verbalizer, label token ids and, for a calibrated search, the label bias that PEFT and
 transformers cannot express (add it to the verbalizer logits).
 """
@@ -31,7 +31,7 @@ from ..fileio import atomic_write_json
 from ..lowrank.patching import LowRankWrapper
 from ..methods import is_layerwise_lora
 from ..models.packaged import plain_model
-from .tuned import PROMPT_METHODS, Tuned, classifier_card, finished_record, load_tuned
+from .classifier import PROMPT_METHODS, Tuned, classifier_card, finished_record, load_tuned
 
 FORMATS = ("peft", "merged", "prompts")
 CARD = "dflora_classifier.json"
