@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
@@ -35,6 +34,7 @@ PROMPT_INITS = ("vocab", "zeros")
 CALIBRATIONS = ("auto", "none", "cc", "bias", "threshold")
 SCALE_CALIBRATIONS = ("none", "output", "fitness")
 SCHEDULES = ("round-robin", "bandit")
+DEV_RULES = ("periodic+final", "periodic")
 Target = Literal[TARGET_LETTERS]
 
 
@@ -105,6 +105,9 @@ class SearchConfig:
     bandit_exploration: float = 0.5  # bandit: weight of the exploration bonus against the recent gain per call
     calibrated_logits: bool = False  # search on logits + a label bias refitted on train after each accepted update
     test_at: tuple[int, ...] = ()  # also score the dev-selected snapshot on test at these calls (not charged)
+    # when dev is scored for selection: every eval_every calls plus the final state and each test_at call;
+    # "periodic" (runs before 2026-12-07): every eval_every calls only, so the end of a run was never selectable
+    dev_rule: Literal[DEV_RULES] = "periodic+final"
 
 
 @dataclass
@@ -361,7 +364,7 @@ def field_help(path: str) -> str:
     if get_origin(inner[0]) is tuple and get_origin(get_args(inner[0])[0]) is Literal:
         choices = get_args(get_args(inner[0])[0])
         doc += " (comma-separated)"
-    default = _flatten(RunConfig().to_dict())[path]
+    default = flatten(RunConfig().to_dict())[path]
     text = f"{doc} [{path}"
     if choices:
         text += f": {', '.join(map(str, choices))}"
@@ -470,31 +473,12 @@ def check_fields(cfg: RunConfig, num_layers: int | None = None) -> RunConfig:
     return cfg
 
 
-# -- run identity ---------------------------------------------------------------------------
-IDENTITY_VERSION = 1  # bump when the rule below changes (every run folder name would change)
-NOT_IDENTITY = ("progress",)  # display settings: the same run with or without a progress bar
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as dotted paths: {"search": {"budget": 6}} -> {"search.budget": 6}."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-def identity_fields(cfg: RunConfig) -> dict[str, Any]:
-    """The fields that make this run what it is: those differing from the defaults (dotted paths).
-
-    A field added later with a default leaves every existing run's identity unchanged.
-    """
-    values, defaults = _flatten(cfg.to_dict()), _flatten(RunConfig().to_dict())
-    return {k: v for k, v in sorted(values.items()) if k not in NOT_IDENTITY and defaults.get(k, object()) != v}
-
-
-def identity(cfg: RunConfig) -> str:
-    """A short hash of ``identity_fields`` and ``IDENTITY_VERSION``: the suffix of a run's folder name."""
-    doc = {"identity_version": IDENTITY_VERSION, "fields": identity_fields(cfg)}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:10]

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, check_fields, identity_fields
+from .config import RunConfig, check_fields
 from .errors import ConfigError, DfloraError
 from .fileio import atomic_save_npz, atomic_write_json
+from .identity import IDENTITY_VERSION, identity_fields, upgrade_fields
 from .statefile import load_state, save_state
 
 FAMILIES = {
@@ -286,7 +287,8 @@ class RunContext:
     def save_checkpoint(self, state: dict) -> None:
         """``state`` with the run's identity and its wall time so far, whatever the method."""
         if self.path is not None:
-            save_state(self.path / CHECKPOINT, {"identity": self.identity, "state": state, "wall_s": self.wall_s})
+            save_state(self.path / CHECKPOINT, {"identity": self.identity, "identity_version": IDENTITY_VERSION,
+                                                "state": state, "wall_s": self.wall_s})  # fmt: skip
 
     def load_checkpoint(self) -> dict | None:
         """The saved state when resuming (None for a fresh run or when nothing was saved)."""
@@ -304,8 +306,11 @@ class RunContext:
         saved = load_state(path)
         if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
             raise DfloraError(f"{path}: not a run checkpoint")
-        if self.identity is not None and saved.get("identity") != self.identity:
-            raise DfloraError(f"{path} was written by another configuration ({_diff(saved.get('identity'), self.identity)}); "
+        written = saved.get("identity")
+        if isinstance(written, dict):  # a checkpoint of an earlier identity version, in this version's terms
+            written = upgrade_fields(written, saved.get("identity_version"))
+        if self.identity is not None and written != self.identity:
+            raise DfloraError(f"{path} was written by another configuration ({_diff(written, self.identity)}); "
                               "use another --out, or --overwrite to restart this one")  # fmt: skip
         wall_s = saved.get("wall_s", 0.0)  # absent in checkpoints written before it was stored: 0
         if isinstance(wall_s, bool) or not isinstance(wall_s, int | float) or not math.isfinite(wall_s) or wall_s < 0:

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
-from .config import RunConfig, from_dict, identity_fields
+from .config import RunConfig, from_dict
 from .environment import peak_memory, reset_peak_memory
 from .errors import DfloraError
 from .experiment import Experiment, zero_shot
+from .identity import config_from_record, identity_fields
 from .methods import RunContext, load_runner
 from .models.registry import LoadedModel
 from .results.record import RunFolder, RunRecord, now
@@ -26,7 +27,7 @@ from .results.record import RunFolder, RunRecord, now
 def same_run(record: RunRecord, cfg: RunConfig) -> bool:
     """Whether a record is of this configuration (compared by identity: new defaulted fields do not matter)."""
     try:
-        return identity_fields(from_dict(record.config)) == identity_fields(cfg)
+        return identity_fields(config_from_record(record.config)) == identity_fields(cfg)
     except DfloraError:
         return False  # a config this version cannot read is another run
 

@@ -124,7 +124,7 @@ for m in rest:
 summary = live.training_summary(list(records.values()))
 display(summary.set_index("method"))
 caption = f"Live training runs ({prof.label}): final test score of the best-dev snapshot against zero-shot."
-tables.write_table(summary.set_index("method"), figdir, "table_training", caption)
+tables.write_table(summary.set_index("method"), figdir, "table_training", caption, list(records.values()))
 for m, rec in records.items():
     fig = training_figures.record_training_figure(rec, prof.name)
     style.save(fig, figdir, f"training_{m}", prof.figures.formats, prof.figures.dpi)

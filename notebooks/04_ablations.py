@@ -100,10 +100,11 @@ noopt = collect.noopt_records(prof, records)
 
 # %%
 all_records = collect.profile_records(prof)
-table, counts = tables.main_table(collect.main_records(prof, all_records), prof.main.tasks)
+main_recs = collect.main_records(prof, all_records)
+table, counts = tables.main_table(main_recs, prof.main.tasks)
 display(table)
 tables.write_table(
-    table, figdir, "table_main", f"Main comparison ({prof.label}): test metric x 100, mean (std) over seeds."
+    table, figdir, "table_main", f"Main comparison ({prof.label}): test metric x 100, mean (std) over seeds.", main_recs
 )
 
 # %% [markdown]
@@ -114,6 +115,7 @@ tables.write_table(
 
 # %%
 frame = collect.study_frame(plan_abl, records)
+idx = collect.index_records(records)
 for study in [s for s in plans.STUDIES if s in chosen]:
     if study == "init":
         t = tables.init_table(frame, noopt)
@@ -123,7 +125,8 @@ for study in [s for s in plans.STUDIES if s in chosen]:
         title = f"Ablation: {plans.STUDY_TITLES[study]}: test metric x 100, mean (std) over seeds"
     display(Markdown(f"**{title}**"))
     display(t)
-    tables.write_table(t, figdir, f"table_{study}", f"{title} ({prof.label}).")
+    study_recs = [idx[p.key] for p in plan_abl if p.study == study and p.key in idx] + (noopt if study == "init" else [])
+    tables.write_table(t, figdir, f"table_{study}", f"{title} ({prof.label}).", study_recs)
 
 # %% [markdown]
 # ## Subspace dimension and rank

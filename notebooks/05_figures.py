@@ -71,8 +71,9 @@ def save(fig, name):
     display(fig)
 
 
-def table(t, name, caption):
-    written.extend(tables.write_table(t, figdir, name, f"{caption} ({prof.label})."))
+def table(t, name, caption, recs=()):
+    """A table file whose footer says which dev rule its runs used (``recs``: the records behind it)."""
+    written.extend(tables.write_table(t, figdir, name, f"{caption} ({prof.label}).", recs))
     display(Markdown(f"**{caption}**"))
     display(t)
 
@@ -85,12 +86,14 @@ main_recs = collect.main_records(prof, records)
 vs = prof.main.vs if any(r["method"] == prof.main.vs for r in main_recs) else None  # main.vs, where it has runs
 main, counts = tables.main_table(main_recs, prof.main.tasks, vs=vs)
 caption = "Main comparison: test metric x 100, mean (std) over seeds"
-table(main, "table_main", caption + (f"; {tables.VS_CAPTION.format(vs=vs).rstrip('.')}" if vs else ""))
+table(main, "table_main", caption + (f"; {tables.VS_CAPTION.format(vs=vs).rstrip('.')}" if vs else ""), main_recs)
 cost = tables.cost_table(collect.study_frame(plans.main_plan(prof), records))
+idx = collect.index_records(records)
 table(
     cost,
     "table_cost",
     "Memory and time per method (peak memory: the notebook kernel's peak RSS on CPU, CUDA max allocated on GPU)",
+    [idx[p.key] for p in plans.main_plan(prof) if p.key in idx],
 )
 missing = collect.missing_runs(plans.main_plan(prof), records)
 if missing:
@@ -109,7 +112,6 @@ save(comparison_figures.main_comparison_figure(main_recs, prof.name), "main_comp
 # dev metric against fitness evaluations, for the layer-wise runs of the main grid.
 
 # %%
-idx = collect.index_records(records)
 dfo_main = [idx[p.key] for p in plans.main_plan(prof) if p.key in idx and methods.is_layerwise_lora(p.cfg.method)]
 save(training_figures.convergence_figure(dfo_main, prof.name, "convergence: main runs"), "convergence")
 plan_opt = plans.ablation_plan(prof, ["optimizer"])
@@ -131,7 +133,7 @@ for name, recs in collect.comparison_roots(prof):
     grid, _counts, zero_shot = tables.comparison_table(recs)
     zs = ", ".join(f"{t} {v}" for t, v in zero_shot.items())
     table(grid, f"table_{name}", f"Comparison grid {name}: test metric x 100, mean (std) over seeds "
-          f"([n seeds]: fewer than the fullest cell); zero-shot {zs}")
+          f"([n seeds]: fewer than the fullest cell); zero-shot {zs}", recs)
     dfo = [r for r in recs if methods.is_layerwise_lora(r["method"])]
     if dfo:
         save(training_figures.convergence_figure(dfo, prof.name, f"convergence: {name}"), f"convergence_{name}")
@@ -139,15 +141,16 @@ for name, recs in collect.comparison_roots(prof):
         save(training_figures.calls_figure(recs, prof.name, f"test metric against calls: {name}"), f"calls_{name}")
     if any("scheme" in (r.get("tags") or {}) for r in recs):  # the zeroth-order benchmark's memory table
         table(tables.memory_table(recs), f"table_{name}_memory",
-              f"{name}: methods x fine-tuning schemes, test x 100 mean (std) / largest peak memory")
+              f"{name}: methods x fine-tuning schemes, test x 100 mean (std) / largest peak memory", recs)
     labelled = [r for r in dfo if (r.get("tags") or {}).get("label")]
     if any((r.get("tags") or {}).get("label") == "default" for r in labelled):  # options of one method
         caption = (f"Options of {name}: test x 100 mean (std); paired differences to 'default' "
                    "(points, mean (standard error) [95% t interval] seeds won); default rule: the verdict "
                    "of docs/method.md (dev higher on every task, test not below -SE on any)")  # fmt: skip
-        table(tables.options_table(labelled), f"table_{name}_paired", caption)
+        table(tables.options_table(labelled), f"table_{name}_paired", caption, labelled)
         table(tables.layer_table(curves.layer_gains_by_arm(labelled)), f"table_{name}_layers",
-              f"Where the calls went ({name}): train-loss decrease per call, calls and decrease by layer third")
+              f"Where the calls went ({name}): train-loss decrease per call, calls and decrease by layer third",
+              labelled)
 
 # %% [markdown]
 # ## Ablations (Figures 3, 4 and Tables 4, 6)
@@ -158,12 +161,15 @@ frame = collect.study_frame(plan_abl, records)
 save(comparison_figures.dimension_figure(frame, records, prof.name), "subspace_dimension")
 save(comparison_figures.rank_figure(frame, records, prof.name), "rank")
 noopt = collect.noopt_records(prof, records)
-table(tables.init_table(frame, noopt), "table_init", "Initialisation (the paper's Table 4): test metric x 100")
+abl_recs = [idx[p.key] for p in plan_abl if p.key in idx]
+table(tables.init_table(frame, noopt), "table_init", "Initialisation (the paper's Table 4): test metric x 100",
+      abl_recs + list(noopt))
 for study in ("rank", "intrinsic_dim", "targets", "optimizer"):
     table(
         tables.study_table(frame, study, plans.STUDY_TITLES[study]),
         f"table_{study}",
         f"Ablation: {plans.STUDY_TITLES[study]}: test metric x 100, mean (std) over seeds",
+        [idx[p.key] for p in plan_abl if p.key in idx and p.study == study],
     )
 
 # %% [markdown]

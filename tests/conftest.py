@@ -72,3 +72,59 @@ def tiny_run(tmp_path_factory, tiny_models):
         return made[key]
 
     return make
+
+
+# -- no key/value cache from dflora's own forwards ---------------------------------------------------------
+CACHES_BUILT_BY_DFLORA: list[str] = []
+
+
+def _cache_classes():
+    import transformers.cache_utils as cu
+
+    out, todo = [], [cu.Cache]
+    while todo:
+        cls = todo.pop()
+        out.append(cls)
+        todo += cls.__subclasses__()
+    return out
+
+
+def _called_from_dflora() -> str | None:
+    """The innermost dflora_core frame on the stack (a test's own direct model call has none)."""
+    import sys
+
+    frame = sys._getframe(2)
+    while frame is not None:
+        if f"{os.sep}dflora_core{os.sep}" in frame.f_code.co_filename:
+            return f"{frame.f_code.co_filename}:{frame.f_lineno} ({frame.f_code.co_name})"
+        frame = frame.f_back
+    return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _count_caches():
+    """Every key/value cache a transformers model builds is counted; one built inside dflora_core fails
+    the test that built it (a scoring forward is never continued: a cache only holds memory)."""
+    originals = {}
+    for cls in _cache_classes():
+        if "__init__" in cls.__dict__:
+            originals[cls] = cls.__dict__["__init__"]
+
+            def init(self, *a, __orig=originals[cls], **k):
+                where = _called_from_dflora()
+                if where is not None:
+                    CACHES_BUILT_BY_DFLORA.append(f"{type(self).__name__} built at {where}")
+                __orig(self, *a, **k)
+
+            cls.__init__ = init
+    yield
+    for cls, orig in originals.items():
+        cls.__init__ = orig
+
+
+@pytest.fixture(autouse=True)
+def _no_cache_from_dflora():
+    CACHES_BUILT_BY_DFLORA.clear()
+    yield
+    built, CACHES_BUILT_BY_DFLORA[:] = list(CACHES_BUILT_BY_DFLORA), []
+    assert not built, "a dflora forward built a key/value cache (pass use_cache=False): " + "; ".join(built[:3])

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("models",),
     ("lowrank",),
     ("optim",),
-    ("config",),
+    ("config", "identity"),
     ("methods",),
     ("experiment",),
     ("search",),

@@ -88,9 +88,10 @@ def test_the_gpu_script_runs_through_on_a_cpu_in_its_dry_run(pieces, tmp_path):
 def test_the_gpu_run_names_real_models_and_the_paper_profiles_own_runs():
     """Its models exist; its grid (paper.yaml's run settings through `dflora compare`) has the identities of the
     paper profile's C-LoRA and F-LoRA main runs: 7 tasks x 5 seeds each."""
-    from dflora_core.config import identity, load_yaml
+    from dflora_core.config import load_yaml
     from dflora_core.grids.compare import build_configs
     from dflora_core.grids.plans import main_plan
+    from dflora_core.identity import identity
     from dflora_core.lab.profiles import REPO_ROOT, load_profile
     from dflora_core.models.registry import check_model_name
     from dflora_core.models.tiny import SHAPES

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from dflora_core import seeds
-from dflora_core.config import RunConfig, from_dict, identity, identity_fields
+from dflora_core.config import RunConfig, from_dict
 from dflora_core.grids.grid import find_run, is_recorded, run_dir
+from dflora_core.identity import identity, identity_fields
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

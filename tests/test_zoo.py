@@ -435,7 +435,8 @@ def test_bad_zoo_settings_name_their_field(method, change, field):
 
 
 def test_new_methods_are_listed_and_validate_with_their_defaults():
-    from dflora_core.config import field_docs, identity_fields
+    from dflora_core.config import field_docs
+    from dflora_core.identity import identity_fields
 
     docs = field_docs()
     for name in ("zo_momentum", "zo_block", "zo_hybrid_layers", "zo_sparsity", "es_population", "es_sigma"):

@@ -23,6 +23,9 @@ from dflora_core.config import RunConfig
 BASE = {
     "model.name": "smollm2", "model.device": "cpu", "search.budget": 600, "search.eval_every": 100,
     "data.max_test": 300, "search.test_at": [120, 300, 600], "progress": False,
+    # the committed runs were made before the end of a run became a selection candidate: the grid keeps
+    # their rule, so its records stay found and its arms comparable (docs/method.md, "The dev rule")
+    "search.dev_rule": "periodic",
 }  # fmt: skip
 ARMS = {  # label -> overrides of C-LoRA's defaults (each new option alone, then the combination)
     "default": {},

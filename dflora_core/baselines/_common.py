@@ -33,7 +33,7 @@ from ..errors import DfloraError
 from ..experiment import Experiment
 from ..methods import RunContext
 from ..metrics import losses
-from ..models.scoring import EncodedSet, autocast
+from ..models.scoring import EncodedSet, autocast, body_forward
 from ..search.selection import DevSelection, TestCheckpoints
 from ..seeds import generator
 
@@ -144,8 +144,7 @@ def batch_loss_terms(exp: Experiment, data: EncodedSet, loss_fn: Callable, head=
     n = len(data)
     for batch in data.batches(exp.max_tokens, loaded.device):
         with autocast(loaded.device, exp.dtype):
-            hidden = loaded.model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-            hidden = hidden.last_hidden_state
+            hidden = body_forward(loaded.model, batch.input_ids, batch.attention_mask).last_hidden_state
             picked = hidden[torch.arange(len(batch.positions), device=hidden.device), batch.positions]
             logits = (head or exp.head)(picked).float()
         yield len(batch.index) / n, loss_fn(logits, data.labels[batch.index.cpu()].to(logits.device))
@@ -293,7 +292,11 @@ def run_steps(method: StepMethod, exp: Experiment, ctx: RunContext) -> dict:
                     evaluate_dev()
                     evaluated = True
                     save()
-            for target in tests.due(state["calls"]):
+            due = tests.due(state["calls"])
+            fresh = not selection.curve or selection.curve[-1]["step"] != state["step"]
+            if due and fresh and cfg.search.dev_rule == "periodic+final":
+                evaluate_dev()  # a test_at point selects among everything up to this step
+            for target in due:
                 test_snapshot(target)
             if selection.out_of_patience(state["calls"]):
                 break

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..experiment import Experiment
 from ..methods import RunContext
-from ..models.scoring import class_logits
+from ..models.scoring import body_forward, class_logits
 from ..search.schedule import RoundRobin
 from ..seeds import derive
 from ._common import StepMethod, batch_loss_terms, make_loss, no_grad_params, run_steps
@@ -226,7 +226,7 @@ class _Scorer(nn.Module):
         self.exp, self.full = exp, full
 
     def forward(self, input_ids, attention_mask, positions):
-        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = body_forward(self.model, input_ids, attention_mask).last_hidden_state
         picked = hidden[torch.arange(len(positions), device=hidden.device), positions]
         head = live_head(self.exp) if self.full else self.exp.head
         return head(picked).float()

@@ -21,7 +21,7 @@ import torch
 
 from ..environment import PeakMemory, current_rss
 from ..errors import DfloraError
-from ..models.scoring import EncodedSet, VerbalizerHead, autocast, forward_class_logits
+from ..models.scoring import EncodedSet, VerbalizerHead, autocast, body_forward, forward_class_logits
 from ..models.tiny import ROBERTA_MASK_ID, SHAPES
 from .probes import sync
 from .setup import SYNTH_LABEL_IDS, default_max_tokens, load_shape, pad_id
@@ -86,9 +86,7 @@ def _lora_adamw(args, loaded, head, data, dtype) -> None:
     labels = data.labels.to(dev)
     for _ in range(args.steps):
         with autocast(dev, dtype):
-            hidden = loaded.model.base_model(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask
-            ).last_hidden_state
+            hidden = body_forward(loaded.model, batch.input_ids, batch.attention_mask).last_hidden_state
             logits = head(hidden[torch.arange(B, device=dev), batch.positions]).float()
         loss = torch.nn.functional.cross_entropy(logits, labels[batch.index.to(dev)])
         loss.backward()

@@ -117,7 +117,7 @@ def full_logits(s: Setup, batch, copies: int, dtype) -> torch.Tensor:
     if copies > 1:
         ids, mask, pos = ids.repeat(copies, 1), mask.repeat(copies, 1), pos.repeat(copies)
     with torch.no_grad(), autocast(ids.device, dtype):
-        logits = s.loaded.model(input_ids=ids, attention_mask=mask).logits  # [B, T, V]
+        logits = s.loaded.model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # [B, T, V]
         picked = logits[torch.arange(len(pos), device=pos.device), pos]
         return picked[:, s.label_ids].float()
 

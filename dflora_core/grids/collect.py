@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import methods
-from ..config import from_dict, identity
 from ..errors import DfloraError
+from ..identity import config_from_record, identity
 from ..reports.tables import flat_row
 from ..results.record import RunRecord, load_records
 from .plans import PlannedRun, main_plan, noopt_plan, unique_runs
@@ -25,7 +25,7 @@ def index_records(records: Iterable[RunRecord]) -> dict[str, RunRecord]:
         if rec.get("method") != (rec.get("config") or {}).get("method"):
             continue  # an early no-optimisation record (it kept its optimised run's config)
         try:
-            out[identity(from_dict(rec["config"]))] = rec
+            out[identity(config_from_record(rec["config"]))] = rec
         except DfloraError:  # a record of another code version: not part of any plan
             continue
     return out

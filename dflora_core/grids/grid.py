@@ -4,8 +4,8 @@ A run's folder is derived from its configuration: ``<task>/<method>/<model>/seed
 with ``id`` a short hash of the fields that differ from the defaults (``config.identity``),
 so re-running a grid, a notebook or ``make figures`` reuses finished runs and resumes
 interrupted ones instead of recomputing them, and a field added later with a default keeps
-every existing folder found. Folders named by an earlier rule are found by their record's
-configuration (``find_run``).
+every existing folder found. Folders named by an earlier identity version are found by that
+version's hash (``identity.identity_aliases``) or by their record's configuration (``find_run``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig, identity
+from ..config import RunConfig
 from ..errors import DfloraError, RunBusyError
+from ..identity import identity, identity_aliases
 from ..results.record import RunFolder, RunRecord
 from ..runner import run, same_run
 
@@ -34,7 +35,9 @@ def find_run(root: str | Path, cfg: RunConfig) -> Path:
     canonical = run_dir(root, cfg)
     if canonical.is_dir():
         return canonical
-    for folder in sorted(canonical.parent.glob(f"seed{cfg.seed}-*")):
+    named = [canonical.with_name(f"seed{cfg.seed}-{alias}") for alias in identity_aliases(cfg)]
+    others = sorted(set(canonical.parent.glob(f"seed{cfg.seed}-*")) - set(named))
+    for folder in [f for f in named if f.is_dir()] + others:  # an earlier version's name first
         try:
             rec = RunFolder(folder).read()
         except DfloraError:

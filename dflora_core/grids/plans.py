@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import methods
-from ..config import RunConfig, identity
+from ..config import RunConfig
 from ..errors import DfloraError
+from ..identity import identity
 from .backend_base import BackendSpec
 from .backends import execute
 from .grid import is_recorded, run_grid

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..models.registry import LoadedModel
-from ..models.scoring import EncodedSet
+from ..models.scoring import EncodedSet, body_forward
 from .arch import arch_spec, get_module, transformer_layers
 
 SOURCES = ("residual", "proj_input")
@@ -83,7 +83,7 @@ def hidden_state_stats(
         with torch.no_grad():
             for batch in data.batches(max_tokens, loaded.device):
                 current_mask[:] = [batch.attention_mask]
-                model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+                body_forward(model, batch.input_ids, batch.attention_mask)
     finally:
         for h in handles:
             h.remove()

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from ..models.registry import LoadedModel
-from ..models.scoring import EncodedSet
+from ..models.scoring import EncodedSet, body_forward
 from .build import site_dims
 from .patching import LowRankPatch
 
@@ -88,7 +88,7 @@ class ProjectionProbe:
             with torch.no_grad():
                 for batch in data.batches(max_tokens, loaded.device):
                     mask_box[:] = [batch.attention_mask]
-                    loaded.model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+                    body_forward(loaded.model, batch.input_ids, batch.attention_mask)
         finally:
             for h in handles:
                 h.remove()

@@ -225,6 +225,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def body_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """The transformer body (no LM head) on a batch. Never builds a key/value cache: no forward here is
+    continued by generation, and a causal model's cache holds K and V of every layer until the forward
+    returns (SmolLM2: about 45 KiB per token), which inflated every peak-memory figure."""
+    return model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+
+
 def forward_class_logits(
     loaded: LoadedModel, head: VerbalizerHead, batch: Batch, copies: int = 1, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
@@ -233,7 +240,7 @@ def forward_class_logits(
     if copies > 1:
         ids, mask, pos = ids.repeat(copies, 1), mask.repeat(copies, 1), pos.repeat(copies)
     with torch.no_grad(), autocast(ids.device, dtype):
-        hidden = loaded.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = body_forward(loaded.model, ids, mask).last_hidden_state
         picked = hidden[torch.arange(len(pos), device=pos.device), pos]
         return head(picked).float()
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import methods
 from ..fileio import atomic_write_bytes
+from .provenance import dev_rule_text
 
 RC = {
     "pdf.fonttype": 42,
@@ -143,6 +144,9 @@ def describe_records(records: Iterable[dict], profile: str, extra: str = "") -> 
         tests = sorted({(r.get("test") or {}).get("name") for r in recs if (r.get("test") or {}).get("name")})
         if tests:
             parts.append("test: " + "; ".join(tests))
+        rule = dev_rule_text(recs)
+        if rule:
+            parts.append(rule)
     if extra:
         parts.append(extra)
     return " · ".join(parts)

@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import methods
 from ..fileio import atomic_write_bytes
+from .provenance import dev_rule_text
 
 COLUMNS = (
     "method",
@@ -283,13 +284,15 @@ def init_table(df, noopt_records: list):
     return out
 
 
-def write_table(table, folder: str | Path, name: str, caption: str) -> list[Path]:
-    """``name``.md (caption + GitHub table) and ``name``.csv; returns the paths."""
+def write_table(table, folder: str | Path, name: str, caption: str, records=None) -> list[Path]:
+    """``name``.md (caption + GitHub table + a footer on the ``records`` behind it) and ``name``.csv."""
     folder = Path(folder)
     md = folder / f"{name}.md"
     csv = folder / f"{name}.csv"
     body = to_markdown(table) if not table.empty else "(no recorded runs yet)\n"
-    atomic_write_bytes(md, f"{caption}\n\n{body}".encode())
+    rule = dev_rule_text(records or [])
+    footer = f"\n{rule[0].upper()}{rule[1:]}.\n" if rule else ""
+    atomic_write_bytes(md, f"{caption}\n\n{body}{footer}".encode())
     atomic_write_bytes(csv, table.to_csv().encode())
     return [md, csv]
 

@@ -11,7 +11,9 @@ the fitnesses, then fix the layer's update:
   the other layers were different, so the combined fitness is not monotone.
 The budget counts fitness evaluations (one candidate on the whole few-shot train set).
 Every ``eval_every`` calls the dev set is scored and the best-dev snapshot of all layers is
-kept; the test score uses that snapshot. Checkpoints make a run resumable with the same
+kept; the test score uses that snapshot. Under ``search.dev_rule = "periodic+final"`` (the
+default) dev is also scored on the final state and at every ``search.test_at`` call, so the
+end of a run can be selected and a test_at point is the selection of a run stopped there. Checkpoints make a run resumable with the same
 result as an uninterrupted one.
 """
 
@@ -243,7 +245,10 @@ class LayerwiseSearch:
         while self.calls >= self.next_eval:
             self.next_eval += self.cfg.search.eval_every
             self.evaluate_dev()
-        for target in self.tests.due(self.calls):
+        due = self.tests.due(self.calls)
+        if due:
+            self.score_dev_now()  # a test_at point selects among everything up to this call
+        for target in due:
             self.test_snapshot(target)
         self._consistent = True
         if self.on_generation:
@@ -289,6 +294,16 @@ class LayerwiseSearch:
     @property
     def dev_curve(self) -> list[dict]:
         return self.selection.curve
+
+    def score_dev_now(self) -> None:
+        """Under the "periodic+final" rule, score dev on the current state unless it already was."""
+        if self.cfg.search.dev_rule == "periodic+final" and (not self.dev_curve or self.dev_curve[-1]["calls"] != self.calls):
+            self.evaluate_dev()
+
+    def finish(self) -> None:
+        """The end of the search: the final state is a selection candidate ("periodic+final" rule)."""
+        if self.done:
+            self.score_dev_now()
 
     def evaluate_dev(self) -> dict:
         res: EvalResult = self.exp.evaluate(self.exp.dev)

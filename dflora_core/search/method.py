@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import from_dict
 from ..errors import DfloraError, DfloraWarning
 from ..experiment import Experiment
 from ..fileio import read_json
+from ..identity import config_from_record
 from ..lowrank.adapter import LowRankAdapter
 from ..lowrank.build import build_adapter, measure_scales
 from ..methods import RunContext, is_layerwise_lora
@@ -89,6 +89,7 @@ def run_search(exp: Experiment, search: LayerwiseSearch, ctx: RunContext, test_e
     if start is not None:
         start(search)
     search.run()
+    search.finish()
     for target in search.tests.rest():  # targets beyond the calls the budget could pay: the final state
         search.test_snapshot(target)
     search.save_checkpoint()
@@ -167,7 +168,7 @@ def load_adapted(
         z = arrays[which]
         key = "label_bias" if which == "z_best_dev" else "label_bias_final"
         bias = arrays[key] if key in arrays else None
-    cfg = from_dict(record["config"])
+    cfg = config_from_record(record["config"])
     exp = Experiment.prepare(cfg, loaded)
     info = record["projection"]
     scales = dict(zip(info["model_layers"], info["layer_std"], strict=True)) if info["layer_std"] else None

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from ..baselines.prompt_tuning import insert_prompt, prompt_experiment
-from ..config import from_dict
 from ..errors import DfloraError
 from ..experiment import Experiment
+from ..identity import config_from_record
 from ..methods import is_layerwise_lora, names
 from ..models.registry import LoadedModel
 from ..models.scoring import EncodedSet
@@ -100,7 +100,7 @@ def load_tuned(run_dir: str | Path, which: str = "z_best_dev", loaded: LoadedMod
     if is_layerwise_lora(rec.method):
         exp, adapter = load_adapted(folder, which, loaded)
         return Tuned(folder, rec, exp, adapter, which=which)
-    exp = Experiment.prepare(from_dict(rec.config), loaded)
+    exp = Experiment.prepare(config_from_record(rec.config), loaded)
     if rec.method == "zeroshot":
         return Tuned(folder, rec, exp)
     exp_p, adapter = prompt_experiment(exp)

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import experiment
-from ..config import from_dict
 from ..environment import git_commit, package_versions
 from ..errors import DfloraError
+from ..identity import config_from_record
 from ..search.method import ADAPTER
 from .classifier import finished_record
 
@@ -124,7 +124,7 @@ def reproduce(run_dir: str | Path, scratch: str | Path | None = None, loaded=Non
 
     folder = Path(run_dir)
     old = finished_record(folder)
-    cfg = from_dict(old.config).replace(progress=False)
+    cfg = config_from_record(old.config).replace(progress=False)
     where, temporary = _scratch(scratch)
     t0 = time.perf_counter()
     try:

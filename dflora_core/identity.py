@@ -1,0 +1,86 @@
+"""Run identity: the fields that make a run what it is, the short hash that names its folder, and the
+hashes earlier rules gave the same run (aliases), so that committed folders stay found.
+
+A run is identified by the fields of its configuration that differ from the defaults, so a field added
+later with a default leaves every existing run's identity alone. That breaks when the new default
+changes what a run *does* (``search.dev_rule``: the end of a run became a selection candidate): a
+config written before the field has no key for it and meant the old behaviour. Such fields are listed
+in ``LEGACY_VALUES`` with the value a config without them meant; ``config_from_record`` fills them in
+when a stored config is read, and the identity version is bumped, so
+
+- a run of the new default never reuses an old run's folder (their fields differ),
+- an old run is still found by the hash its folder was named with (``identity_aliases``), and
+- an old record reads as what it was (``search.dev_rule = "periodic"``), whatever the defaults now.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from .config import RunConfig, flatten, from_dict
+
+IDENTITY_VERSION = 2  # 2: search.dev_rule (2026-12-07); 1: the committed folders before it
+NOT_IDENTITY = ("progress",)  # display settings: the same run with or without a progress bar
+# field -> what a stored config without that key meant (the code's behaviour before the field existed)
+LEGACY_VALUES: dict[str, Any] = {"search.dev_rule": "periodic"}
+
+
+def _defaults() -> dict[str, Any]:
+    return flatten(RunConfig().to_dict())
+
+
+def with_legacy_values(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored (nested) config with every ``LEGACY_VALUES`` field it lacks filled in."""
+    out = json.loads(json.dumps(config))
+    for path, value in LEGACY_VALUES.items():
+        *parents, leaf = path.split(".")
+        node = out
+        for key in parents:
+            node = node.setdefault(key, {})
+        node.setdefault(leaf, value)
+    return out
+
+
+def config_from_record(config: dict[str, Any]) -> RunConfig:
+    """The RunConfig of a stored config (record.json, config.json, a grid payload): legacy fields filled."""
+    return from_dict(with_legacy_values(config))
+
+
+def identity_fields(cfg: RunConfig) -> dict[str, Any]:
+    """The fields that make this run what it is: those differing from the defaults (dotted paths)."""
+    values, defaults = flatten(cfg.to_dict()), _defaults()
+    return {k: v for k, v in sorted(values.items()) if k not in NOT_IDENTITY and defaults.get(k, object()) != v}
+
+
+def _hash(version: int, fields: dict[str, Any]) -> str:
+    doc = {"identity_version": version, "fields": fields}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def identity(cfg: RunConfig) -> str:
+    """A short hash of ``identity_fields`` and ``IDENTITY_VERSION``: the suffix of a run's folder name."""
+    return _hash(IDENTITY_VERSION, identity_fields(cfg))
+
+
+def identity_aliases(cfg: RunConfig) -> list[str]:
+    """The hashes earlier identity versions gave this run (its folder may be named by one of them).
+
+    Version 1 knew no ``LEGACY_VALUES`` field: only a config holding every legacy value was a
+    version-1 run, and its version-1 fields are the others.
+    """
+    fields = identity_fields(cfg)
+    values = flatten(cfg.to_dict())
+    if any(values.get(path) != value for path, value in LEGACY_VALUES.items()):
+        return []
+    return [_hash(1, {k: v for k, v in fields.items() if k not in LEGACY_VALUES})]
+
+
+def upgrade_fields(fields: dict[str, Any], version: int | None) -> dict[str, Any]:
+    """``identity_fields`` stored by an earlier version (a checkpoint) in this version's terms."""
+    if version is not None and version >= 2:
+        return dict(fields)
+    defaults = _defaults()
+    legacy = {k: v for k, v in LEGACY_VALUES.items() if defaults.get(k) != v}
+    return dict(sorted({**legacy, **fields}.items()))
