@@ -194,6 +194,7 @@ def zero_shot_key(exp: Experiment) -> str:
         "template": exp.encoder.template.pattern,
         "words": list(exp.encoder.template.words),
         "dtype": str(exp.dtype),
+        "device": exp.loaded.device.type,  # a GPU's kernels round otherwise: its score is its own
         "max_length": exp.cfg.data.max_length,
         "zero_lm_bias": exp.cfg.model.zero_lm_bias,
     }

@@ -43,7 +43,7 @@ def _pack(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
         key = f"a{len(arrays)}"
         arrays[key] = obj
         return {"__array__": key}
-    if type(obj).__module__ == "torch" and type(obj).__name__ == "Tensor":
+    if any(c.__module__ == "torch" and c.__name__ == "Tensor" for c in type(obj).__mro__):  # and its subclasses
         import torch
 
         key = f"a{len(arrays)}"

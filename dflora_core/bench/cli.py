@@ -124,7 +124,13 @@ def cmd_fidelity(args) -> int:
 
 def cmd_memory(args) -> int:
     log = _log(args)  # the workers set their threads and pick their device
-    doc = {**header(args.argv), "mode": "memory", "rows": run_memory(args, log)}
+    doc = {**header(args.argv), "mode": "memory", "rows": []}
+
+    def partial(rows):  # each configuration's row is on disk as soon as it is measured
+        doc["rows"] = list(rows)
+        write(args.out, doc, quiet=True)
+
+    doc["rows"] = run_memory(args, log, on_row=partial)
     log(memory_table(doc["rows"]))
     write(args.out, doc)
     return 0

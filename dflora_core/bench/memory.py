@@ -1,10 +1,12 @@
 """Peak memory of C-LoRA against gradient LoRA (``dflora bench memory``).
 
-Every configuration runs in a fresh subprocess (peak memory is a per-process high-water
-mark): C-LoRA (no gradients, one candidate, and the population evaluator as the search runs
-it) against gradient LoRA (PEFT + AdamW, one training step) on the same model, batch and
-sequence. The peak is ``environment.PeakMemory``'s: process peak RSS on a CPU, the CUDA
-allocator's high-water mark on a GPU.
+C-LoRA (no gradients, one candidate, and the population evaluator as the search runs it) against
+gradient LoRA (PEFT + AdamW, one training step) on the same model, batch and sequence. The peak is
+``environment.PeakMemory``'s: process peak RSS on a CPU, the CUDA allocator's high-water mark on a
+GPU. On a CPU every configuration runs in a fresh subprocess (peak RSS is a per-process high-water
+mark that cannot be reset, and freed heap is not always returned); on a GPU all of them run in this
+process, the model loaded once, the allocator's peak reset and its cache emptied between them (a
+fresh process costs a CUDA start and a model load each, about 15 s on the GPU machine).
 """
 
 from __future__ import annotations
@@ -51,15 +53,18 @@ def _clora(args, loaded, head, data, dtype, mt: int) -> None:
     # "ri": random maps need no hidden-state statistics (the values do not matter here)
     adapter = build_adapter(loaded, replace(LowRankConfig(), projection_init="ri"), 0, 1.0, None)
     zs = np.random.default_rng(1).standard_normal((adapter.num_layers, adapter.dim))
-    for layer in range(adapter.num_layers):
-        adapter.set_z(layer, zs[layer])
-    if args.config == "clora-one":
-        B, T = args.batch, args.seq
-        forward_class_logits(loaded, head, data.batches(B * T, dev)[0], dtype=dtype)
-    else:
-        ev = PopulationEvaluator(loaded, head, adapter, data, dtype, mt, True)
-        Z = np.random.default_rng(2).standard_normal((args.population, adapter.dim))
-        ev.logits(adapter.num_layers // 2, Z)
+    try:
+        for layer in range(adapter.num_layers):
+            adapter.set_z(layer, zs[layer])
+        if args.config == "clora-one":
+            B, T = args.batch, args.seq
+            forward_class_logits(loaded, head, data.batches(B * T, dev)[0], dtype=dtype)
+        else:
+            ev = PopulationEvaluator(loaded, head, adapter, data, dtype, mt, True)
+            Z = np.random.default_rng(2).standard_normal((args.population, adapter.dim))
+            ev.logits(adapter.num_layers // 2, Z)
+    finally:
+        adapter.remove()  # the model as it was (the GPU path measures the next configuration on it)
 
 
 def _peft_modules(model, targets) -> list[str]:
@@ -84,25 +89,34 @@ def _lora_adamw(args, loaded, head, data, dtype) -> None:
     opt = torch.optim.AdamW(params, lr=1e-4)
     batch = data.batches(B * T, dev)[0]
     labels = data.labels.to(dev)
-    for _ in range(args.steps):
-        with autocast(dev, dtype):
-            hidden = body_forward(loaded.model, batch.input_ids, batch.attention_mask).last_hidden_state
-            logits = head(hidden[torch.arange(B, device=dev), batch.positions]).float()
-        loss = torch.nn.functional.cross_entropy(logits, labels[batch.index.to(dev)])
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    try:
+        for _ in range(args.steps):
+            with autocast(dev, dtype):
+                hidden = body_forward(loaded.model, batch.input_ids, batch.attention_mask).last_hidden_state
+                logits = head(hidden[torch.arange(B, device=dev), batch.positions]).float()
+            loss = torch.nn.functional.cross_entropy(logits, labels[batch.index.to(dev)])
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    finally:
+        peft_model.unload()  # the base model as it was: the GPU path measures the next configuration on it
 
 
-def memory_worker(args) -> dict:
-    """One configuration in this (fresh) process; returns its peak memory."""
-    from ..experiment import resolve_dtype
+def load_for_memory(args):
+    """(device, the loaded model) of a memory measurement."""
     from ..models.registry import load_model, resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
-    loaded = load_shape(args.model, dev) if args.model in SHAPES else load_model(args.model, args.device)
+    return dev, load_shape(args.model, dev) if args.model in SHAPES else load_model(args.model, args.device)
+
+
+def memory_worker(args, loaded=None) -> dict:
+    """One configuration (in a fresh process on a CPU; ``loaded``: the model already on the GPU)."""
+    from ..experiment import resolve_dtype
+
+    dev, loaded = (loaded.device, loaded) if loaded is not None else load_for_memory(args)
     B, T = args.batch, args.seq
     data = _random_batch(loaded, B, T)
     head = VerbalizerHead(loaded, list(SYNTH_LABEL_IDS))
@@ -135,8 +149,13 @@ def memory_worker(args) -> dict:
     }
 
 
-def run_memory(args, log=print) -> list[dict]:
-    """Every configuration of ``args.configs`` in its own ``dflora bench memory-worker`` process."""
+def run_memory(args, log=print, on_row=None) -> list[dict]:
+    """Every configuration of ``args.configs``: in its own ``dflora bench memory-worker`` process on a CPU,
+    in this process on a GPU (module docstring). ``on_row(rows)`` after each (incremental output)."""
+    from ..models.registry import resolve_device
+
+    if resolve_device(args.device).type == "cuda":
+        return _run_memory_here(args, log, on_row)
     rows = []
     for config in args.configs.split(","):
         cmd = [sys.executable, "-m", "dflora_core", "bench", "memory-worker", "--config", config,
@@ -155,7 +174,33 @@ def run_memory(args, log=print) -> list[dict]:
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append(row)
         log(f"  {config}: peak {row['peak_mem_bytes'] / 2**20:.0f} MiB ({row['seconds']:.1f} s)")
-    _ratios_vs_lora(rows)
+        _ratios_vs_lora(rows)
+        if on_row is not None:
+            on_row(rows)
+    return rows
+
+
+def _run_memory_here(args, log, on_row) -> list[dict]:
+    """The GPU path: one process, one model load, the allocator's peak reset before each configuration."""
+    import gc
+    from argparse import Namespace
+
+    _dev, loaded = load_for_memory(args)
+    rows = []
+    for config in args.configs.split(","):
+        gc.collect()
+        torch.cuda.empty_cache()  # what an earlier configuration cached is not this one's peak
+        try:
+            row = memory_worker(Namespace(**{**vars(args), "config": config}), loaded=loaded)
+        except (RuntimeError, DfloraError) as exc:  # e.g. out of memory: the row says so, the others still run
+            row = {"config": config, "model": args.model, "error": [f"{type(exc).__name__}: {exc}"[:300]]}
+            log(f"  {config}: failed: {row['error'][0]}")
+        else:
+            log(f"  {config}: peak {row['peak_mem_bytes'] / 2**20:.0f} MiB ({row['seconds']:.1f} s, in this process)")
+        rows.append(row)
+        _ratios_vs_lora(rows)
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 

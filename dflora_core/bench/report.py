@@ -27,10 +27,12 @@ def header(argv: list[str] | None) -> dict:
     }
 
 
-def write(path: str | None, doc: dict) -> None:
+def write(path: str | None, doc: dict, quiet: bool = False) -> None:
+    """The JSON results (atomically: a reader never sees half a file); ``quiet`` for the partial writes."""
     if path:
         atomic_write_json(path, doc)
-        print(f"wrote {path}")
+        if not quiet:
+            print(f"wrote {path}")
 
 
 def fmt(v, spec: str, none: str = "-") -> str:

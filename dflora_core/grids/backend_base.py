@@ -150,11 +150,20 @@ class Report:
         self.bar.finish(run.describe(), ok=error is None)
 
 
-def run_environment() -> dict[str, str]:
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # numpy/pycma's BLAS, OpenMP
+
+
+def run_environment(threads: int = 0) -> dict[str, str]:
     """The environment of a run's process (a local one, a local Ray instance's workers): waiting OpenMP threads
     sleep instead of spinning, as in the notebook kernels (notebook_runner: on a shared 2-core machine spinning
-    threads made SmolLM2 ~5x slower with 2 threads; passive waiting costs nothing when a run is alone)."""
-    return {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    threads made SmolLM2 ~5x slower with 2 threads; passive waiting costs nothing when a run is alone). With
+    ``threads``, numpy's BLAS (pycma's eigendecompositions) and OpenMP get that many too, not every core: ten
+    runs side by side would otherwise each start a thread per core. A variable the user set is kept."""
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    if threads:
+        for name in THREAD_VARIABLES:
+            env.setdefault(name, str(threads))
+    return env
 
 
 def run_threads(cfg: RunConfig, cores: float) -> int:

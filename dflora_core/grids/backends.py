@@ -62,6 +62,7 @@ def execute(configs: Sequence[RunConfig], root: str | Path, tags: Iterable[dict]
     spec = check_backend(spec or BackendSpec(name="local"))
     root = Path(root).expanduser().resolve()
     configs = list(configs)
+    check_gpu_accounting(spec, configs)
     pending = pending_runs(configs, root, tags)
     if not pending:
         return []
@@ -83,6 +84,20 @@ def execute(configs: Sequence[RunConfig], root: str | Path, tags: Iterable[dict]
         if own:
             report.bar.close()
     return report.failures
+
+
+def check_gpu_accounting(spec: BackendSpec, configs: Sequence[RunConfig]) -> None:
+    """Ray with ``gpus_per_run`` 0 while the runs would use a visible GPU: refused (Ray 2.60 no longer hides
+    the GPU from zero-GPU tasks, so every task would use it without Ray counting it)."""
+    if spec.name != "ray" or spec.gpus_per_run:
+        return
+    import torch
+
+    wants = [c for c in configs if c.model.device == "auto" or c.model.device.startswith("cuda")]
+    if wants and torch.cuda.is_available():
+        raise DfloraError(f"--gpus-per-run is 0 but the runs use the GPU (model.device {wants[0].model.device}): "
+                          "Ray would not count it; give --gpus-per-run (0.25 packs four runs on a GPU) "
+                          "or --device cpu")  # fmt: skip
 
 
 # -- local processes ------------------------------------------------------------------------------
@@ -118,7 +133,7 @@ def _spawn(run: Pending, root: Path, threads: int) -> subprocess.Popen:
     with open(run.folder / LOG, "ab") as log:  # the child keeps its own descriptor
         cmd = [sys.executable, "-c", _CHILD, json.dumps(run.payload(root, threads))]
         return subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=run_environment()
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=run_environment(threads)
         )
 
 

@@ -111,6 +111,8 @@ def run_on_ray(pending: list[Pending], root: Path, spec: BackendSpec, report: Re
                        "shared_fs": spec.shared_fs, "scratch": spec.scratch}  # fmt: skip
             opts = {"num_cpus": cpus, "num_gpus": spec.gpus_per_run, "max_retries": spec.max_retries,
                     "retry_exceptions": False}  # fmt: skip
+            if spec.gpus_per_run:  # a GPU worker is retired after its run: its CUDA caches go with it
+                opts["max_calls"] = 1
             refs[task.options(**opts).remote(payload)] = run
         report.bar.set_running(min(len(refs), held))
         while refs:

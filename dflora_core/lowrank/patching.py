@@ -55,6 +55,8 @@ class LowRankWrapper(nn.Module):
 
     def add_target(self, name: str, select) -> int:
         """Register a target; returns its number of output features."""
+        if isinstance(select, torch.Tensor):  # an index tensor lives where the outputs are: no copy per forward
+            select = select.to(self.base.weight.device)
         self.selects[name] = select
         if select is None:
             return self.out_features
@@ -77,8 +79,7 @@ class LowRankWrapper(nn.Module):
                     y = y.clone()
                 y[..., sel] += d
             else:
-                idx = sel.to(y.device)
-                y = y.index_add_(-1, idx, d) if in_place else y.index_add(-1, idx, d)
+                y = y.index_add_(-1, sel, d) if in_place else y.index_add(-1, sel, d)
         return y
 
 

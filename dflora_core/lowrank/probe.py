@@ -101,6 +101,9 @@ class ProjectionProbe:
     def ratios(self, layer: int, target: str, A: torch.Tensor, B: torch.Tensor) -> tuple[float, float]:
         """(weight_ratio, output_ratio), each the mean over the candidates of factors A [P, in, r], B [P, r, out]."""
         with torch.no_grad():
+            # the probe's rows live on the CPU (small, kept off the accelerator); the factors come from the
+            # model's device: bring them here (a few hundred KB per generation)
+            A, B = A.to(self.X[layer][target].device).float(), B.to(self.X[layer][target].device).float()
             gram = torch.bmm(A.transpose(1, 2), A) * torch.bmm(B, B.transpose(1, 2)).transpose(1, 2)
             dw_norm = gram.sum(dim=(1, 2)).clamp_min(0).sqrt()  # [P]
             dY = torch.matmul(torch.matmul(self.X[layer][target], A), B)  # [P, n, out]

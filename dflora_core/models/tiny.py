@@ -153,7 +153,9 @@ def build_tiny(name: str, seed: int = 0):
 def _random_init(cls, cfg, seed: int, device=None):
     """``cls(cfg)`` in eval mode, its weights drawn from ``seed`` without touching torch's global stream."""
     on_device = contextlib.nullcontext() if device is None else torch.device(device)
-    with torch.random.fork_rng(devices=[]), on_device:
+    # manual_seed seeds every device's generator: fork (save and restore) the CUDA ones too
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda), on_device:
         torch.manual_seed(seed)
         model = cls(cfg)
     return model.eval()
