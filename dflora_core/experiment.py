@@ -29,10 +29,11 @@ from .metrics import losses, metric_value
 from .models.packaged import cache_root
 from .models.registry import LoadedModel, load_model, peek_model, resolve_device
 from .models.scoring import EncodedSet, PromptEncoder, VerbalizerHead, class_logits
+from .models.sizing import plan_tokens
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # config.DTYPE_NAMES
 # padded tokens per forward pass: CPU caches favour small chunks, GPUs want big ones
-DEFAULT_MAX_TOKENS = {"cpu": 1024, "cuda": 131072}  # measured: SmolLM2 SST-2 on 2 cores, 512-16384
+DEFAULT_MAX_TOKENS = {"cpu": 1024, "cuda": 131072}  # cpu: measured, SmolLM2 SST-2 on 2 cores, 512-16384; cuda: the cap (models/sizing.py sizes it)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype | None:
@@ -89,6 +90,7 @@ class Experiment:
     dtype: torch.dtype | None
     max_tokens: int
     prepare_s: float = 0.0
+    gpu_sizing: dict | None = None  # how the token budget was chosen on a GPU (models/sizing.py); recorded
 
     @staticmethod
     def check(cfg: RunConfig) -> RunConfig:
@@ -114,7 +116,14 @@ class Experiment:
         encoder = PromptEncoder(loaded, task.name, cfg.data.max_length, cfg.model.verbalizer)
         head = VerbalizerHead(loaded, encoder.label_token_ids, cfg.model.zero_lm_bias)
         device = loaded.device
-        max_tokens = cfg.model.max_tokens or DEFAULT_MAX_TOKENS.get(device.type, 16384)
+        sizing = None
+        if cfg.model.max_tokens:
+            max_tokens = cfg.model.max_tokens
+        elif device.type == "cuda":  # from the card and the run's share of it, not a fixed number
+            sizing = plan_tokens(cfg.model.name, loaded.model, device)
+            max_tokens = sizing["max_tokens"]
+        else:
+            max_tokens = DEFAULT_MAX_TOKENS.get(device.type, 16384)
         return cls(
             cfg,
             task,
@@ -129,6 +138,7 @@ class Experiment:
             resolve_dtype(cfg.model.dtype, device),
             max_tokens,
             time.perf_counter() - t0,
+            sizing,
         )
 
     def logits(self, data: EncodedSet) -> torch.Tensor:

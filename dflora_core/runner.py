@@ -128,6 +128,11 @@ def _run_method(cfg: RunConfig, folder: RunFolder | None, resume: bool, loaded, 
     record.peak_mem_bytes, record.peak_mem_kind = int(mem), kind if own_peak else f"{kind}_since_process_start"
     record.device = str(device)
     record.dtype = str(exp.dtype or torch.float32).replace("torch.", "")
+    if device.type == "cuda":  # what a GPU run chose and used, outside its identity (docs/scale-out.md)
+        result["gpu_sizing"] = exp.gpu_sizing or {"max_tokens": exp.max_tokens, "footprint": "model.max_tokens"}
+        result["max_memory_reserved"] = int(torch.cuda.max_memory_reserved(device))
+        # gradient baselines backpropagate through non-deterministic CUDA kernels unless this is on
+        result["deterministic_algorithms"] = torch.are_deterministic_algorithms_enabled()
     if folder is not None:
         folder.write(record)
     return record

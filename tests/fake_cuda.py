@@ -284,13 +284,22 @@ def _autocast(real):
     return Autocast
 
 
+REAL = os.environ.get("DFLORA_REAL_CUDA") == "1"  # the GPU script replays the coverage set on a real card
+
+
 @contextlib.contextmanager
 def fake_cuda():
     """Everything under the fake device: the mode, torch.cuda stubs, generators and autocast.
 
-    Yields the mode; ``mode.cuda`` is the ``torch.cuda`` stub (its ``rng_seed``)."""
+    Yields the mode; ``mode.cuda`` is the ``torch.cuda`` stub (its ``rng_seed``). With
+    ``DFLORA_REAL_CUDA=1`` on a machine with a GPU it does nothing: the same tests run on the card."""
     from unittest import mock
 
+    if REAL:
+        if not torch.cuda.is_available():
+            raise RuntimeError("DFLORA_REAL_CUDA=1 but torch sees no GPU")
+        yield None
+        return
     stubs = _Cuda()
     names = [n for n in dir(_Cuda) if not n.startswith("_")]
     mode = FakeCuda()
@@ -321,6 +330,8 @@ def install_for_process() -> None:
 def subprocess_env(env: dict | None = None) -> dict:
     """The environment that puts a child Python process under the fake device (tests/fake_cuda_site)."""
     out = dict(os.environ if env is None else env)
+    if REAL:  # on a real card the child uses it as it is
+        return out
     site = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_cuda_site")
     out["PYTHONPATH"] = os.pathsep.join([site, *filter(None, [out.get("PYTHONPATH")])])
     out["DFLORA_FAKE_CUDA"] = "1"

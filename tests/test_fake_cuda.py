@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fake_cuda import DeviceError, FakeCudaTensor, fake_cuda, subprocess_env
+from fake_cuda import REAL, DeviceError, FakeCudaTensor, fake_cuda, subprocess_env
 
 from dflora_core.cli import main
 from dflora_core.config import from_dict
@@ -26,6 +26,8 @@ from dflora_core.methods import METHODS
 from dflora_core.runner import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+# what only the fake device can observe (its own rules, copy counts, stubbed state): not replayed on a real card
+fake_only = pytest.mark.skipif(REAL, reason="checks the fake device itself")
 
 TINY = {
     "data": {"max_test": 8},
@@ -84,6 +86,7 @@ def test_the_full_product_runs_on_cuda(method, model, dtype, tmp_path):
 
 
 # -- the fixture catches what it is for ---------------------------------------------------------------
+@fake_only
 def test_the_fixture_applies_cudas_device_rules():
     with fake_cuda():
         x = torch.ones(3, 4).to("cuda")
@@ -138,6 +141,7 @@ def test_the_fixture_catches_a_planted_device_bug(bug, tmp_path, monkeypatch):
 
 
 # -- defects of the audit, each seen here --------------------------------------------------------------
+@fake_only
 def test_the_label_bias_and_a_selection_tensor_are_not_copied_on_every_forward():
     from dflora_core.data.types import Example
     from dflora_core.lowrank.patching import LowRankPatch
@@ -163,6 +167,7 @@ def test_the_label_bias_and_a_selection_tensor_are_not_copied_on_every_forward()
     assert mode.h2d_copies == before, f"{mode.h2d_copies - before} host-to-device copies in 5 forwards"
 
 
+@fake_only
 def test_building_a_tiny_model_on_cuda_leaves_the_global_cuda_generator_alone():
     from dflora_core.models.tiny import build_shape, build_tiny
 
@@ -247,3 +252,32 @@ def test_local_runs_get_their_thread_count_for_blas_and_openmp_too(monkeypatch):
     assert all(env[name] == "3" for name in THREAD_VARIABLES)
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")  # what the user set is kept
     assert run_environment(3)["OPENBLAS_NUM_THREADS"] == "1" and "MKL_NUM_THREADS" not in run_environment(0)
+
+
+def test_a_gpu_run_sizes_its_token_budget_from_the_card_and_records_it(tmp_path, monkeypatch):
+    from dflora_core.identity import identity
+    from dflora_core.models import sizing
+
+    monkeypatch.setenv(sizing.SHARE_VARIABLE, "4")  # four runs share the (fake 80 GiB) card
+    cfg = cuda_cfg("c-lora")
+    rec = run_on_fake_cuda(cfg, tmp_path)
+    plan = rec["gpu_sizing"]
+    assert plan["share"] == 4 and plan["footprint"] == "estimated from the shape"
+    assert plan["total_memory"] == torch.cuda.get_device_properties(0).total_memory if REAL else 80 * 2**30
+    assert sizing.MIN_TOKENS <= plan["max_tokens"] <= sizing.CAP_TOKENS and plan["max_tokens"] % 1024 == 0
+    assert rec["max_memory_reserved"] > 0 and rec["deterministic_algorithms"] is False
+    assert identity(cfg) == identity(cfg.replace(**{"model.device": "cuda"}))  # the sizing is not the run's identity
+
+
+@fake_only
+def test_the_token_budget_and_jobs_follow_the_memory_of_the_card():
+    from types import SimpleNamespace
+
+    from dflora_core.models import sizing
+
+    config = SimpleNamespace(hidden_size=576, intermediate_size=1536, num_attention_heads=9)
+    weights = 540 * 2**20  # SmolLM2 in fp32
+    h100, h200 = 80 * 2**30, 141 * 10**9
+    assert 1 <= sizing.jobs_per_gpu("smollm2", weights, config, h100) < sizing.jobs_per_gpu("smollm2", weights, config, h200)
+    small = SimpleNamespace(hidden_size=4096, intermediate_size=16384, num_attention_heads=32)  # a wide model: fewer runs
+    assert sizing.jobs_per_gpu("other", 16 * 2**30, small, h100) < sizing.jobs_per_gpu("smollm2", weights, config, h100)

@@ -15,6 +15,7 @@ from typing import Literal
 
 from ..config import RunConfig
 from ..errors import ConfigError
+from ..models.sizing import SHARE_VARIABLE
 
 BACKENDS = ("inprocess", "local", "ray")
 SHARED_FS = ("auto", "yes", "no")
@@ -26,7 +27,7 @@ class BackendSpec:
     """How the pending runs of a grid execute (a profile's ``backend:`` section, `dflora compare`'s flags)."""
 
     name: Literal[BACKENDS] = "inprocess"  # notebooks: in the kernel (live views); `dflora compare` defaults to local
-    jobs: int = 1  # local: runs at a time, each in its own process
+    jobs: int = 1  # local: runs at a time, each in its own process; 0 = from the card (runs that fit a GPU; a CPU: one per core)
     address: str | None = None  # ray: a cluster to join ("HOST:PORT", "auto"); empty = a local instance on 127.0.0.1
     cpus_per_run: float | None = None  # ray: CPUs a run declares; empty = its config's threads, or 1
     gpus_per_run: float = 0.0  # ray: GPUs a run declares; fractions pack runs on one GPU (0.25 = four)
@@ -42,7 +43,7 @@ def check_backend(spec: BackendSpec, prefix: str = "backend.") -> BackendSpec:
         if not cond:
             raise ConfigError(prefix + (name.replace("_", "-") if prefix.startswith("-") else name), message)
 
-    need(spec.jobs >= 1, "jobs", f"must be >= 1, got {spec.jobs}")
+    need(spec.jobs >= 0, "jobs", f"must be >= 0 (0: from the card, models/sizing.py), got {spec.jobs}")
     need(spec.jobs == 1 or spec.name == "local", "jobs", "runs several local processes: it needs the local backend")
     need(spec.cpus_per_run is None or spec.cpus_per_run > 0, "cpus_per_run", "must be > 0 or empty")
     need(spec.gpus_per_run >= 0, "gpus_per_run", f"must be >= 0, got {spec.gpus_per_run}")
@@ -153,16 +154,19 @@ class Report:
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # numpy/pycma's BLAS, OpenMP
 
 
-def run_environment(threads: int = 0) -> dict[str, str]:
+def run_environment(threads: int = 0, gpu_share: int = 0) -> dict[str, str]:
     """The environment of a run's process (a local one, a local Ray instance's workers): waiting OpenMP threads
     sleep instead of spinning, as in the notebook kernels (notebook_runner: on a shared 2-core machine spinning
     threads made SmolLM2 ~5x slower with 2 threads; passive waiting costs nothing when a run is alone). With
     ``threads``, numpy's BLAS (pycma's eigendecompositions) and OpenMP get that many too, not every core: ten
-    runs side by side would otherwise each start a thread per core. A variable the user set is kept."""
+    runs side by side would otherwise each start a thread per core. A variable the user set is kept. With
+    ``gpu_share``, the run knows how many runs share its GPU."""
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     if threads:
         for name in THREAD_VARIABLES:
             env.setdefault(name, str(threads))
+    if gpu_share > 1:  # runs that share a card size their token budget to their share (models/sizing.py)
+        env[SHARE_VARIABLE] = str(gpu_share)
     return env
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..config import RunConfig, from_dict
 from ..errors import DfloraError
+from ..models.sizing import auto_jobs
 from ..results.record import RunFolder
 from .backend_base import (
     LOG,
@@ -105,15 +106,22 @@ _CHILD = "from dflora_core.grids.backends import child_main; child_main()"
 
 
 def run_local(pending: list[Pending], root: Path, jobs: int, report: Report) -> None:
-    """Each run in its own Python process, ``jobs`` at a time, in the order given."""
+    """Each run in its own Python process, ``jobs`` at a time (0: from the card), in the order given."""
+    import torch
+
     cores = os.cpu_count() or 1
+    cfg = pending[0].cfg
+    if jobs == 0:
+        jobs = auto_jobs(cfg.model.name, cfg.model.device)
+        print(f"jobs: {jobs} (from the {'card' if torch.cuda.is_available() else 'cores'})", file=sys.stderr)
+    share = jobs if cfg.model.device != "cpu" and torch.cuda.is_available() else 0
     queue, active = list(pending), {}
     try:
         while queue or active:
             while queue and len(active) < jobs:
                 run = queue.pop(0)
                 threads = run_threads(run.cfg, cores / jobs) if jobs > 1 else run.cfg.threads  # 0: torch's default
-                active[_spawn(run, root, threads)] = run
+                active[_spawn(run, root, threads, share)] = run
                 report.bar.set_running(len(active))
             done = [p for p in active if p.poll() is not None]
             if not done:
@@ -128,12 +136,12 @@ def run_local(pending: list[Pending], root: Path, jobs: int, report: Report) -> 
             proc.wait()
 
 
-def _spawn(run: Pending, root: Path, threads: int) -> subprocess.Popen:
+def _spawn(run: Pending, root: Path, threads: int, gpu_share: int = 0) -> subprocess.Popen:
     run.folder.mkdir(parents=True, exist_ok=True)
     with open(run.folder / LOG, "ab") as log:  # the child keeps its own descriptor
         cmd = [sys.executable, "-c", _CHILD, json.dumps(run.payload(root, threads))]
         return subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=run_environment(threads)
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=run_environment(threads, gpu_share)
         )
 
 

@@ -270,7 +270,8 @@ def add_arguments(p) -> None:
     p.add_argument("--set", action="append", metavar="[METHOD:]KEY=VALUE", help="a config field (YAML value)")
     p.add_argument("--in-process", action="store_true", help="run in this process (CPU memory then cumulative)")
     p.add_argument("--backend", choices=BACKENDS, default=None, help="where runs execute (default: local processes)")
-    p.add_argument("--jobs", type=int, default=1, help="local backend: runs at a time, each its own process")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="local backend: runs at a time, each its own process (0: as many as the GPU holds, one per core on a CPU)")
     p.add_argument("--address", default=None, help="ray: a cluster to join (default: a local instance on 127.0.0.1)")
     p.add_argument("--cpus-per-run", type=float, default=None, help="ray: CPUs per run (default: its threads, or 1)")
     p.add_argument("--gpus-per-run", type=float, default=0.0, help="ray: GPUs per run; fractions share a GPU")
