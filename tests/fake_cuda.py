@@ -284,6 +284,7 @@ def _autocast(real):
     return Autocast
 
 
+_ACTIVE: list = []  # the mode in force, if any
 REAL = os.environ.get("DFLORA_REAL_CUDA") == "1"  # the GPU script replays the coverage set on a real card
 
 
@@ -300,6 +301,9 @@ def fake_cuda():
             raise RuntimeError("DFLORA_REAL_CUDA=1 but torch sees no GPU")
         yield None
         return
+    if _ACTIVE:  # already under it (a process put under it by tests/fake_cuda_site): one device, one mode
+        yield _ACTIVE[-1]
+        return
     stubs = _Cuda()
     names = [n for n in dir(_Cuda) if not n.startswith("_")]
     mode = FakeCuda()
@@ -314,6 +318,8 @@ def fake_cuda():
         stack.callback(torch.__future__.set_swap_module_params_on_conversion, old)
         stack.enter_context(mode)
         mode.cuda = stubs
+        _ACTIVE.append(mode)
+        stack.callback(_ACTIVE.pop)
         yield mode
 
 
