@@ -227,7 +227,12 @@ def test_an_invalid_config_leaves_no_folder_behind(tmp_path, capsys):
 # -- bad input --------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "content, needle",
-    [(b"- a\n- b\n", "mapping"), (b"\xff\xfe run: 1\n", "UTF-8"), (b"run: [1,\n", "not valid YAML"), (b"3\n", "mapping")],
+    [
+        (b"- a\n- b\n", "mapping"),
+        (b"\xff\xfe run: 1\n", "UTF-8"),
+        (b"run: [1,\n", "not valid YAML"),
+        (b"3\n", "mapping"),
+    ],
 )
 def test_a_config_file_that_is_not_a_utf8_mapping_is_one_line(tmp_path, capsys, content, needle):
     path = tmp_path / "cfg.yaml"
@@ -372,3 +377,59 @@ def test_a_run_in_a_grid_reports_its_own_peak_memory_not_an_earlier_runs(tmp_pat
     [rec] = run_grid([cfg], tmp_path)
     assert rec.peak_mem_kind == "process_peak_rss"
     assert 0 < rec.peak_mem_bytes < before - 128 * 2**20  # without the reset it would be >= before
+
+
+# -- issue 32: run folders, model folders and task files from someone else ------------------------------
+def edited_run(tiny_run, tmp_path, edit) -> Path:
+    """A copy of a finished tiny C-LoRA run whose adapter.npz arrays went through ``edit``."""
+    import shutil
+
+    run = Path(shutil.copytree(tiny_run(), tmp_path / "run", ignore=shutil.ignore_patterns(".lock")))
+    with np.load(run / "adapter.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    edit(arrays)
+    np.savez(run / "adapter.npz", **arrays)
+    return run
+
+
+def _set(name, value):
+    return lambda arrays: arrays.__setitem__(name, value(arrays) if callable(value) else value)
+
+
+ADAPTER_DAMAGE = {
+    "an object array": (_set("z_best_dev", lambda a: np.array([Payload(Path("/nonexistent/pwned"))], dtype=object)),
+                        "holds Python objects"),
+    "another shape": (_set("z_best_dev", np.zeros((2, 7))), "shape [2, 7]"),
+    "a NaN": (_set("z_best_dev", lambda a: np.where(np.arange(a["z_best_dev"].size).reshape(a["z_best_dev"].shape) == 0,
+                                                    np.nan, a["z_best_dev"])), "non-finite"),
+    "text": (_set("z_final", lambda a: np.full(a["z_final"].shape, "x")), "not numbers"),
+    "a planted label bias": (_set("label_bias", np.array([np.nan, 0.0])), "no label bias"),
+    "layer scales of another length": (_set("layer_std", np.ones(5)), "'layer_std' has shape [5]"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", list(ADAPTER_DAMAGE))
+def test_adapter_arrays_are_checked_before_predict_evaluate_export_and_reproduce(tiny_run, tmp_path, capsys, damage):
+    edit, needle = ADAPTER_DAMAGE[damage]
+    run = edited_run(tiny_run, tmp_path, edit)
+    for argv in (["predict", "--run", str(run), "nice"], ["evaluate", "--run", str(run)],
+                 ["export", "--run", str(run), "--format", "peft", "--out", str(tmp_path / "peft")],
+                 ["reproduce", str(run)]):  # fmt: skip
+        one_line_error(capsys, argv, f"{run / 'adapter.npz'}: array", needle)
+    assert not (tmp_path / "peft").exists()
+
+
+def test_a_run_folder_is_named_as_given_with_what_is_missing_in_it(tiny_run, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    err = one_line_error(
+        capsys, ["predict", "--run", str(runs / "no-such-run"), "nice"], "no-such-run: no such run folder"
+    )
+    assert "runs/record.json" not in err
+    (runs / "empty").mkdir()
+    one_line_error(capsys, ["export", "--run", str(runs / "empty"), "--format", "peft", "--out", str(tmp_path / "x")],
+                   f"{runs / 'empty'}: no record.json in this folder")  # fmt: skip
+    run = edited_run(tiny_run, tmp_path, lambda arrays: None)
+    (run / "adapter.npz").unlink()
+    err = one_line_error(capsys, ["predict", "--run", str(run), "nice"], f"{run}: adapter.npz is missing")
+    assert "Errno" not in err
