@@ -112,6 +112,64 @@ def test_a_model_folder_with_pickle_weights_is_refused_in_one_line(tmp_path, cap
     assert not (tmp_path / "pwned").exists()
 
 
+def _model_folder(tmp_path, layout: str) -> Path:
+    """A model folder whose weights transformers would read from a pickle (or from outside the folder)."""
+    from dflora_core.models.tiny import build_tiny
+
+    folder = tmp_path / "model"
+    model, tok = build_tiny("tiny-llama")  # a real config and tokenizer: only the weights are wrong
+    model.config.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    pickled = pickle.dumps(Payload(tmp_path / "pwned"))
+    if layout == "decoy safetensors beside pytorch_model.bin":
+        (folder / "pytorch_model.bin").write_bytes(pickled)
+        (folder / "x.safetensors").write_bytes(b"decoy")
+    elif layout == "a sharded .bin index beside a decoy":
+        shard = "pytorch_model-00001-of-00001.bin"
+        (folder / shard).write_bytes(pickled)
+        (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"lm_head.weight": shard}}))
+        (folder / "x.safetensors").write_bytes(b"decoy")
+    elif layout == "config.json naming a .bin":
+        (folder / "adapter_model.bin").write_bytes(pickled)
+        (folder / "model.safetensors").write_bytes(b"decoy")
+        config["transformers_weights"] = "adapter_model.bin"
+    else:  # a safetensors index naming a pickle shard
+        (folder / "w.bin").write_bytes(pickled)
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"lm_head.weight": "w.bin"}}))
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["decoy safetensors beside pytorch_model.bin", "a sharded .bin index beside a decoy", "config.json naming a .bin",
+     "a safetensors index naming a .bin shard"],
+)  # fmt: skip
+def test_only_safetensors_weights_are_ever_loaded(tmp_path, capsys, monkeypatch, layout):
+    import torch
+
+    def never(*a, **k):
+        raise AssertionError("torch.load was called")
+
+    monkeypatch.setattr(torch, "load", never)
+    folder = _model_folder(tmp_path, layout)
+    argv = ["zeroshot", "--model", str(folder), "--device", "cpu", "--task", "sst2", "--max-test", "8"]
+    one_line_error(capsys, argv, str(folder), "safetensors")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_sharded_safetensors_weights_still_load(tmp_path, capsys):
+    from dflora_core.models.tiny import build_tiny
+
+    folder = tmp_path / "model"
+    model, tok = build_tiny("tiny-llama")
+    model.save_pretrained(folder, safe_serialization=True, max_shard_size="20KB")
+    tok.save_pretrained(folder)
+    assert (folder / "model.safetensors.index.json").is_file() and not (folder / "model.safetensors").exists()
+    assert main(["zeroshot", "--model", str(folder), "--device", "cpu", "--task", "sst2", "--max-test", "8"]) == 0
+
+
 # -- nothing lost or mixed --------------------------------------------------------------------------
 HOLD = """
 import sys, time
