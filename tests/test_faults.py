@@ -491,3 +491,77 @@ def test_a_run_folder_is_named_as_given_with_what_is_missing_in_it(tiny_run, tmp
     (run / "adapter.npz").unlink()
     err = one_line_error(capsys, ["predict", "--run", str(run), "nice"], f"{run}: adapter.npz is missing")
     assert "Errno" not in err
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "data" / "examples" / "reviews"
+
+
+def task_file(tmp_path, **keys: str) -> Path:
+    """The example task in a folder of its own (``tmp_path/task``), with some keys' YAML replaced;
+    ``tmp_path/outside.csv`` is a copy of its data one folder up."""
+    import shutil
+
+    folder = tmp_path / "task"
+    shutil.copytree(EXAMPLE, folder)
+    shutil.copyfile(EXAMPLE / "reviews.csv", tmp_path / "outside.csv")
+    lines = (folder / "task.yaml").read_text().splitlines()
+    lines = [f"{ln.split(':')[0]}: {keys.pop(ln.split(':')[0])}" if ln.split(":")[0] in keys else ln for ln in lines]
+    (folder / "task.yaml").write_text("\n".join(lines + [f"{k}: {v}" for k, v in keys.items()]) + "\n")
+    return folder / "task.yaml"
+
+
+ZS_TASK = ["zeroshot", "--model", "tiny-llama", "--device", "cpu", "--max-test", "8", "--task"]
+
+
+@pytest.mark.parametrize(
+    "keys, key",
+    [({"test": "/etc/passwd"}, "test"), ({"pool": "{file: ../outside.csv, split: train}"}, "pool[0].file"),
+     ({"test": "{file: link.csv, split: test}"}, "test.file"),
+     ({"splits": "{13: {train: ../outside.csv, dev: reviews.csv}}"}, "splits.13.train")],
+    ids=["absolute", "dot-dot", "a link leading out", "a fixed split"],
+)  # fmt: skip
+def test_a_task_file_names_only_files_in_its_folder(tmp_path, capsys, keys, key):
+    task = task_file(tmp_path, **keys)
+    (task.parent / "link.csv").symlink_to("/etc/passwd")
+    err = one_line_error(capsys, [*ZS_TASK, str(task)], f"{task}: {key}: ", "outside the task file's folder",
+                         "--allow-task-files-outside")  # fmt: skip
+    assert "root:" not in err  # nothing of the foreign file is shown
+
+
+def test_the_user_may_allow_files_outside_and_a_record_cannot(tmp_path, capsys):
+    task = task_file(tmp_path, pool="{file: ../outside.csv, split: train}")
+    one_line_error(capsys, [*ZS_TASK, str(task)], "outside the task file's folder")
+    out = tmp_path / "run"
+    argv = [
+        "run",
+        *[a for a in TINY if a not in ("--task", "sst2")],
+        "--task",
+        str(task),
+        "--shots",
+        "4",
+        "--out",
+        str(out),
+    ]
+    assert main([*argv, "--allow-task-files-outside"]) == 0
+    assert json.loads((out / "record.json").read_text())["config"]["data"]["allow_task_files_outside"] is True
+    capsys.readouterr()
+    one_line_error(
+        capsys, ["evaluate", "--run", str(out)], "outside the task file's folder"
+    )  # not the record's to grant
+    assert main(["evaluate", "--run", str(out), "--allow-task-files-outside"]) == 0
+
+
+@pytest.mark.slow
+def test_a_grid_gives_its_worker_processes_the_users_permission(tmp_path, capsys):
+    """`dflora compare` runs each run in a fresh process: the permission travels in the run's config."""
+    task = task_file(tmp_path, pool="{file: ../outside.csv, split: train}")
+    grid = ["compare", "--tasks", str(task), "--methods", "zeroshot", "--seeds", "13", "--model", "tiny-llama",
+            "--max-test", "8", "--root", str(tmp_path / "grid"), "--set", "model.device=cpu", "--set", "data.shots=4"]  # fmt: skip
+    one_line_error(capsys, grid, "outside the task file's folder")
+    assert main([*grid, "--allow-task-files-outside"]) == 0
+
+
+def test_an_allowed_foreign_file_is_never_echoed(tmp_path, capsys):
+    task = task_file(tmp_path, test="/etc/passwd", format="csv")
+    err = one_line_error(capsys, [*ZS_TASK, str(task), "--allow-task-files-outside"], "/etc/passwd", "not shown")
+    assert "root:" not in err and "/bin/" not in err

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from .. import methods
 from ..config import _merge, _nest, from_dict, load_run_settings, parse_assignments
+from ..data.user_task import add_outside_flag
 from ..errors import DfloraError
 from ..reports.tables import VS_CAPTION, comparison_table, frame, to_markdown
 from ..results.record import RunRecord
@@ -214,6 +215,8 @@ def _cmd(args) -> int:
     sets = list(args.set or [])
     if args.device:
         sets.append(f"model.device={args.device}")
+    if args.allow_task_files_outside:  # every run carries the permission to its worker
+        sets.append("data.allow_task_files_outside=true")
     out = compare(
         _split(args.tasks),
         _split(args.methods),
@@ -277,6 +280,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-shared-fs", action="store_true", help="ray: workers do not see --root (folders come back)")
     p.add_argument("--max-retries", type=int, default=3, help="ray: retries of a run whose worker died")
     p.add_argument("--table-only", action="store_true", help="run nothing: the table of the runs already recorded")
+    add_outside_flag(p)
     p.add_argument("--vs", default=None, metavar="METHOD",
                    help="add per task the paired difference to METHOD over seeds: mean, 95%% t interval, wins")  # fmt: skip
     p.set_defaults(fn=_cmd)

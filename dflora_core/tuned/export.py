@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from transformers.pytorch_utils import Conv1D
 
+from ..data.user_task import add_outside_flag
 from ..errors import DfloraError
 from ..fileio import atomic_write_json
 from ..lowrank.patching import LowRankWrapper
@@ -211,6 +212,7 @@ def add_arguments(p) -> None:
     p.add_argument("--which", default="z_best_dev", help="z_best_dev (what the record's test scored) or z_final")
     p.add_argument("--force", action="store_true", help="replace what --out holds")
     p.add_argument("--json", action="store_true")
+    add_outside_flag(p)  # the run's task file (dflora.cli grants it for the command)
     p.set_defaults(fn=_cmd)
 
 

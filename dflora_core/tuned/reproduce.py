@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import experiment
+from ..data.user_task import add_outside_flag
 from ..environment import git_commit, package_versions
 from ..errors import DfloraError
 from ..identity import config_from_record
@@ -165,6 +166,7 @@ def add_arguments(p) -> None:
     p.add_argument("run", help="a finished run folder (record.json)")
     p.add_argument("--scratch", default=None, help="a new folder for the rerun (kept); default a temporary one")
     p.add_argument("--json", action="store_true")
+    add_outside_flag(p)  # the run's task file (dflora.cli grants it for the command)
     p.set_defaults(fn=_cmd)
 
 
