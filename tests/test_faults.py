@@ -565,3 +565,31 @@ def test_an_allowed_foreign_file_is_never_echoed(tmp_path, capsys):
     task = task_file(tmp_path, test="/etc/passwd", format="csv")
     err = one_line_error(capsys, [*ZS_TASK, str(task), "--allow-task-files-outside"], "/etc/passwd", "not shown")
     assert "root:" not in err and "/bin/" not in err
+
+
+@pytest.mark.parametrize("fmt", ["peft", "merged"])
+def test_an_export_onto_a_full_disk_leaves_nothing_behind_and_can_be_retried(tiny_run, tmp_path, capsys, monkeypatch,
+                                                                              fmt):  # fmt: skip
+    import safetensors.torch
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    def full(tensors, filename, *a, **k):  # what safetensors says on ENOSPC, after a partial write
+        Path(filename).write_bytes(b"\0" * 64)
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                              '"No space left on device" })')  # fmt: skip
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full)
+    exports = tmp_path / "exports"
+    argv = ["export", "--run", str(tiny_run()), "--format", fmt, "--out", str(exports / "x")]
+    one_line_error(capsys, argv, f"--out {exports / 'x'}: the export failed", "No space left", "removed")
+    assert list(exports.iterdir()) == []  # no partial folder blocks the retry
+    (exports / "x").mkdir()
+    (exports / "x" / "kept").write_text("an earlier export")
+    one_line_error(capsys, [*argv, "--force"], "No space left", "is as it was")
+    assert [p.name for p in exports.iterdir()] == ["x"] and (exports / "x" / "kept").is_file()
+    monkeypatch.undo()
+    assert main([*argv, "--force"]) == 0
+    assert "dflora_classifier.json" in {p.name for p in (exports / "x").iterdir()} - {"kept"}
+    assert [p.name for p in exports.iterdir()] == ["x"] and not (exports / "x" / "kept").exists()
