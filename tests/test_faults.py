@@ -593,3 +593,17 @@ def test_an_export_onto_a_full_disk_leaves_nothing_behind_and_can_be_retried(tin
     assert main([*argv, "--force"]) == 0
     assert "dflora_classifier.json" in {p.name for p in (exports / "x").iterdir()} - {"kept"}
     assert [p.name for p in exports.iterdir()] == ["x"] and not (exports / "x" / "kept").exists()
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_a_notebook_folder_parameter_that_is_a_file_is_a_one_line_error(tmp_path, where):
+    """`papermill -p runs_root /etc/passwd` on a notebook: the parameter is named, no FileExistsError."""
+    from dflora_core.notebook_params import ParameterError, open_profile
+
+    f = tmp_path / "f"
+    f.write_text("x")
+    value = str(f if where == "a file" else f / "runs")
+    with pytest.raises(ParameterError, match="parameter 'runs_root': ") as info:
+        open_profile({"profile": "smoke", "runs_root": value, "figures_dir": str(tmp_path / "figs")}, quiet=True)
+    assert len(str(info.value).splitlines()) == 1 and value in str(info.value)
+    assert f.read_text() == "x" and not (tmp_path / "figs").exists()
