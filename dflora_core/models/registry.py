@@ -110,8 +110,8 @@ def _check_weights(folder: Path) -> None:
     others = sorted(p.name for p in folder.glob("*.safetensors"))
     found = f"it has only pickle weights ({', '.join(pickles[:3])})" if pickles else "it has no weights"
     if others:  # safetensors files transformers would not read: it would read the pickle ones instead
-        found = (f"it has no {SAFE_WEIGHTS} or {SAFE_INDEX} (its {', '.join(others[:3])} is not what transformers "
-                 f"loads)" + (f" beside pickle weights ({', '.join(pickles[:3])})" if pickles else ""))  # fmt: skip
+        found += (f" for transformers ({', '.join(others[:3])} is not {SAFE_WEIGHTS} or {SAFE_INDEX}, the "
+                  "safetensors files transformers loads)")  # fmt: skip
     raise ModelError(
         f"model {folder}: {found}; dflora loads only safetensors or GGUF weights, since pickle files can "
         f"run code when loaded: convert them to {SAFE_WEIGHTS} or pass a .gguf file"
