@@ -7,11 +7,12 @@ BIN := $(VENV)/bin
 PROFILE ?= quick
 STAMP := $(VENV)/.dflora-installed
 
-.PHONY: setup test test-fast figures lab lint clean-runs gpu-pieces help
+.PHONY: setup test test-fast test-cluster figures lab lint clean-runs gpu-pieces help
 
 help:
 	@echo "make figures   run the notebook sequence headless (PROFILE=quick|paper|smoke), figures -> figures/"
 	@echo "make test      the test suite (tiny models, ~10 min on 2 CPU cores)"
+	@echo "make test-cluster  a two-node Ray cluster (ray start) joined by dflora compare --address (~2 min)"
 	@echo "make lab       JupyterLab on notebooks/ with the project kernel; prints the URL to open (start with 01)"
 	@echo "make setup     create $(VENV) and install dflora with its notebook, dev, nevergrad and ray extras"
 	@echo "make gpu-pieces  the model wheel in 33 MB pieces + small wheels for benchmarks/gpu/run.sh (build/gpu/)"
@@ -34,6 +35,10 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest tests -m "not slow"
+
+# a two-node Ray cluster started as a user starts one (ray start), a grid joined by --address: ~2 min on 2 cores
+test-cluster: setup
+	DFLORA_TEST_RAY_CLUSTER=1 $(BIN)/python -m pytest tests/test_backends.py -k cluster
 
 figures: setup
 	$(BIN)/python -m dflora_core.notebook_runner --profile $(PROFILE)

@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""Fault census (issue 12): hostile or unlucky inputs and fault states, each run through the CLI.
+"""Fault census (issues 12, 32): hostile or unlucky inputs and fault states, each run through the CLI.
 
-    OMP_NUM_THREADS=1 python benchmarks/fault_census.py            # the default census, ~10-12 min on 2 loaded cores
+    OMP_NUM_THREADS=1 python benchmarks/fault_census.py            # the default census, ~15-20 min on 2 loaded cores
     python benchmarks/fault_census.py --all                         # every case, about twice as long
     python benchmarks/fault_census.py --only data,record            # cases whose name or class contains a word
     python benchmarks/fault_census.py --list                        # the cases, nothing run
+    python benchmarks/fault_census.py --case-limit 120              # a case not over in 120 s is a hang
 
 Every case runs ``python -m dflora_core ...`` (``sys.executable``, ``OMP_NUM_THREADS=1``) in a
 subprocess, in a folder of its own under one temporary folder, one case after another, and is
@@ -13,11 +14,19 @@ classified automatically:
 - ``one-line error``: exit status 2, exactly one stderr line, starting ``dflora: error:``, and the
   case's own requirements hold (no pickle executed, no folder left behind, ...);
 - ``correct``: exit status 0 and the case's check of the result passes (e.g. a resumed record equals
-  the uninterrupted one in test, best_dev, calls and the learned z);
+  the uninterrupted one in test, best_dev, calls and the learned z); for a signal sent on purpose,
+  exit status 130 with one line;
 - ``traceback``: "Traceback" on the stderr of any command of the case (goal: none);
 - ``silently accepted``: exit 0 where an error was expected, or exit 0 with a failed check (goal: none);
+- ``hang``: a command of the case had not ended when the case's time limit (``--case-limit``,
+  default 240 s) ran out; its process group is killed (goal: none);
 - ``other``: anything else (printed with the reason), e.g. an exit 2 whose requirement failed;
-- ``skipped``: the machine cannot stage the fault (no tmpfs mount for a read-only or full disk).
+- ``skipped``: the machine cannot stage the fault (a read-only folder needs a tmpfs mount or a
+  user that permissions bind, not root).
+
+A full disk is injected, not mounted (no root, no tmpfs): ``FULL_DISK`` runs the command with a
+byte budget, past which dflora's file writes fail with ENOSPC and safetensors' with its own error,
+after a partial file, as on a real full disk.
 
 Cases that start from a finished (or interrupted) run folder also get a ``data_lost`` flag: the
 record.json and adapter.npz there must be byte-identical afterwards, or intentionally replaced
@@ -38,7 +47,6 @@ import math
 import os
 import pickle
 import platform
-import resource
 import shutil
 import signal
 import subprocess
@@ -143,6 +151,42 @@ except DfloraError as err:
 print(repr(params.interactive))
 """
 
+# `dflora ARGS` on a disk with BUDGET bytes left (argv: BUDGET ARGS...): every file dflora writes goes through
+# fileio.atomic_write_bytes (patched before any module imports it by name), weights through safetensors' save_file;
+# past the budget they fail as on a full disk: OSError ENOSPC, and safetensors' own error after a partial file
+FULL_DISK = r"""
+import errno, os, sys
+budget, argv, spent = int(sys.argv[1]), sys.argv[2:], [0]
+from dflora_core import fileio
+
+def charge(n, path):
+    spent[0] += n
+    if spent[0] > budget:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+def full_write(path, data, write=fileio.atomic_write_bytes):
+    charge(len(data), path)
+    write(path, data)
+
+fileio.atomic_write_bytes = full_write
+import safetensors.torch
+from safetensors import SafetensorError
+
+def full_save(tensors, filename, *a, save=safetensors.torch.save_file, **k):
+    try:
+        charge(sum(t.numel() * t.element_size() for t in tensors.values()), filename)
+    except OSError:
+        with open(filename, "wb") as f:
+            f.write(bytes(64))
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                              '"No space left on device" })') from None
+    return save(tensors, filename, *a, **k)
+
+safetensors.torch.save_file = full_save
+from dflora_core.cli import main
+sys.exit(main(argv))
+"""
+
 HOLD = r"""
 import sys, time
 from dflora_core.results.record import RunFolder
@@ -170,6 +214,7 @@ class Result:
     out: str
     err: str
     wall_s: float
+    timed_out: bool = False
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -192,7 +237,7 @@ class Skip(Exception):
 class Case:
     name: str
     klass: str
-    expect: str  # "error", "correct" or "either"
+    expect: str  # "error", "correct", "either" or "interrupted" (exit 130 after a signal, one line)
     fn: Callable[[T], None]
 
 
@@ -208,39 +253,41 @@ class T:
     fails: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     guards: list[tuple[Path, dict[str, bytes], bool]] = field(default_factory=list)
+    deadline: float = math.inf  # time.monotonic() by which the case's commands must have ended (--case-limit)
 
     def cli(self, *args, env: dict | None = None, main: bool = True, timeout: float = 300, preexec=None) -> Result:
         return self.cmd([PY, "-m", "dflora_core", *map(str, args)], env=env, main=main, timeout=timeout,
                         preexec=preexec)  # fmt: skip
 
+    def full_disk(self, budget: int, *args, main: bool = True) -> Result:
+        """``dflora ARGS`` on a disk with ``budget`` bytes left (ENOSPC injected: no root, no tmpfs)."""
+        return self.cmd([PY, "-c", FULL_DISK, str(budget), *map(str, args)], main=main)
+
     def cmd(self, cmd, env: dict | None = None, main: bool = True, timeout: float = 300, preexec=None) -> Result:
-        t0 = time.perf_counter()
-        try:
-            p = subprocess.run(_show(cmd), cwd=self.dir, env={**self.env, **(env or {})}, capture_output=True,
-                               text=True, errors="replace", timeout=timeout, preexec_fn=preexec)  # fmt: skip
-            r = Result(_show(cmd), p.returncode, p.stdout, p.stderr, time.perf_counter() - t0)
-        except subprocess.TimeoutExpired as err:
-            r = Result(_show(cmd), None, _text(err.stdout), _text(err.stderr) + f"\n[timeout after {timeout} s]",
-                       time.perf_counter() - t0)  # fmt: skip
-        self.results.append(r)
-        if main:
-            self.main = r
-        return r
+        proc = subprocess.Popen(_show(cmd), cwd=self.dir, env={**self.env, **(env or {})}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, errors="replace", preexec_fn=preexec,
+                                start_new_session=True)  # fmt: skip
+        return self.collect(proc, main=main, timeout=timeout)
 
     def popen(self, *args, env: dict | None = None) -> subprocess.Popen:
         cmd = [PY, "-m", "dflora_core", *map(str, args)]
         return subprocess.Popen(cmd, cwd=self.dir, env={**self.env, **(env or {})}, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, errors="replace")  # fmt: skip
+                                stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)  # fmt: skip
 
     def collect(self, proc: subprocess.Popen, main: bool = False, timeout: float = 300) -> Result:
+        """Wait for ``proc`` (within the case's time limit); one that does not end is a hang: its whole
+        process group (it runs in a session of its own) is killed."""
         t0 = time.perf_counter()
+        limit = max(1.0, min(timeout, self.deadline - time.monotonic()))
         try:
-            out, err = proc.communicate(timeout=timeout)
+            out, err = proc.communicate(timeout=limit)
+            hung = False
         except subprocess.TimeoutExpired:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate()
-            err += f"\n[timeout after {timeout} s]"
-        r = Result(_show(proc.args), proc.returncode, out, err, time.perf_counter() - t0)
+            err, hung = err + f"\n[no end after {limit:.0f} s: killed]", True
+        r = Result(_show(proc.args), proc.returncode, out, err, time.perf_counter() - t0, hung)
         self.results.append(r)
         if main:
             self.main = r
@@ -925,46 +972,23 @@ def _(t: T):
 
 @case("--out on a full disk from the start", K_OUT)
 def _(t: T):
-    disk = t.dir / "disk"
-    if mount_tmpfs(disk, "size=4k"):
-        with contextlib.suppress(OSError), open(disk / "filler", "wb") as f:
-            f.write(b"\0" * 8192)
-        try:
-            t.cli("run", *TINY, "--out", disk / "run")
-        finally:
-            umount(disk)
-    else:  # without a mount: the file size limit (EFBIG, File too large) stands in for a full disk
-
-        def small_files():
-            resource.setrlimit(resource.RLIMIT_FSIZE, (1, 1))
-
-        t.note("simulated by RLIMIT_FSIZE (EFBIG), not a real full disk")
-        t.cli("run", *TINY, "--out", disk / "run", preexec=small_files)
+    t.full_disk(0, "run", *TINY, "--out", t.dir / "run")
+    t.needs_in_error("No space left")
 
 
 @case("disk fills up mid-run, resume after space is freed", K_OUT, "correct")
 def _(t: T):
-    disk = t.dir / "disk"
-    if not mount_tmpfs(disk, "size=1m"):
-        raise Skip("no tmpfs mount for a full disk")
-    try:
-        out = disk / "run"
-        p = t.popen("run", *tiny(96), "--out", out)
-        t.need(wait_for(out / "checkpoint.npz", p), "the run ended before its first checkpoint")
-        with contextlib.suppress(OSError), open(disk / "filler", "wb") as f:
-            while True:
-                f.write(b"\0" * 4096)
-                f.flush()
-        cut = t.collect(p)
-        lines = [ln for ln in cut.err.splitlines() if ln.strip()]
-        t.need(cut.exit == 2 and len(lines) == 1 and "No space left" in lines[0],
-               f"the full disk did not end in one line (exit {cut.exit}): {cut.err.strip()[-300:]}")  # fmt: skip
-        (disk / "filler").unlink()
-        r = t.cli("run", *tiny(96), "--out", out, "--resume")
-        if r.exit == 0:
-            same_result(t, out, FX.ref96)
-    finally:
-        umount(disk)
+    out = t.dir / "run"
+    budget = 6 * (FX.ref96 / "checkpoint.npz").stat().st_size + 16384  # a few generations' checkpoints
+    cut = t.full_disk(budget, "run", *tiny(96), "--out", out, main=False)
+    lines = [ln for ln in cut.err.splitlines() if ln.strip()]
+    t.need(cut.exit == 2 and len(lines) == 1 and "No space left" in lines[0],
+           f"the full disk did not end in one line (exit {cut.exit}): {cut.err.strip()[-300:]}")  # fmt: skip
+    running = not (out / "record.json").is_file() or read_record(out)["status"] == "running"
+    t.need((out / "checkpoint.npz").is_file() and running, "the disk did not fill up mid-run")
+    r = t.cli("run", *tiny(96), "--out", out, "--resume")
+    if r.exit == 0:
+        same_result(t, out, FX.ref96)
 
 
 _plain("invalid config (search.budget=2) leaves no folder", K_CONFIG,
@@ -1136,6 +1160,268 @@ for _mt in ("electra", "granite"):
     _arch(_mt, "run c-lora")
 
 
+# -- issue 32: run folders, model folders and task files from someone else; clusters; full disks -----------
+FIRST_OF_32 = len(CASES)
+K_RUNDIR = "run folders from someone else"
+K_TASK = "task files from someone else"
+K_RAY = "cluster addresses"
+K_EXPORT = "exports on a full disk"
+USE = {
+    "predict": lambda r, t: ["predict", "--run", r, "nice"],
+    "evaluate": lambda r, t: ["evaluate", "--run", r],
+    "export": lambda r, t: ["export", "--run", r, "--format", "peft", "--out", t.dir / "export"],
+    "reproduce": lambda r, t: ["reproduce", r],
+}
+
+
+def _edit_adapter(folder: Path, edit: Callable[[dict, Path], None]) -> None:
+    with np.load(folder / "adapter.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    edit(arrays, folder)
+    np.savez(folder / "adapter.npz", **arrays)
+
+
+def _adapter(name: str, damage: Callable[[Path, Path], None], commands: tuple[str, ...], needles=("adapter.npz",)):
+    """A finished run whose adapter.npz (planted, edited or gone) is used by predict, evaluate, export, reproduce."""
+    for command in commands:
+
+        def fn(t: T, command=command) -> None:
+            run = copy_run(FX.ref24, t.dir / "run")
+            damage(run, t.dir)
+            t.guard(run)
+            t.cli(*USE[command](run, t))
+            t.need(not (t.dir / "pwned").exists(), "a pickle was executed")
+            t.need(not (t.dir / "export").exists(), "an export was written")
+            t.needs_in_error(*needles)
+
+        CASES.append(Case(f"{name}, {command}", K_RUNDIR, "error", fn))
+
+
+def _z(value) -> Callable[[Path, Path], None]:
+    return lambda run, d: _edit_adapter(run, lambda a, f: a.update(z_best_dev=value(a, d)))
+
+
+_adapter("adapter.npz whose z_best_dev is an object array (pickle)",
+         _z(lambda a, d: np.array([Payload(d / "pwned")], dtype=object)), tuple(USE), ("Python objects",))  # fmt: skip
+_adapter("adapter.npz whose z_best_dev has shape (2, 7)", _z(lambda a, d: np.zeros((2, 7))), ("export", "predict"),
+         ("shape [2, 7]",))  # fmt: skip
+_adapter("adapter.npz whose z_best_dev holds a NaN",
+         _z(lambda a, d: np.where(np.arange(a["z_best_dev"].size).reshape(a["z_best_dev"].shape) == 0, np.nan,
+                                  a["z_best_dev"])), ("predict", "evaluate"), ("non-finite",))  # fmt: skip
+_adapter("adapter.npz with a label_bias the record does not have",
+         lambda run, d: _edit_adapter(run, lambda a, f: a.update(label_bias=np.array([5.0, -5.0]))), ("predict",),
+         ("no label bias",))  # fmt: skip
+_adapter(
+    "adapter.npz missing", lambda run, d: (run / "adapter.npz").unlink(), ("predict",), ("adapter.npz is missing",)
+)
+_adapter("adapter.npz truncated", lambda run, d: (run / "adapter.npz").write_bytes((run / "adapter.npz").read_bytes()[:300]),
+         ("export",))  # fmt: skip
+
+
+@case("--run runs/no-such-run names the folder given (predict)", K_RUNDIR)
+def _(t: T):
+    (t.dir / "runs").mkdir()
+    t.cli("predict", "--run", "runs/no-such-run", "nice")
+    t.need("runs/no-such-run" in t.main.err and "runs/record.json" not in t.main.err, "the parent folder is named")
+    t.needs_in_error("no such run folder")
+
+
+@case("--run of a folder without record.json (export)", K_RUNDIR)
+def _(t: T):
+    (t.dir / "empty").mkdir()
+    t.cli("export", "--run", "empty", "--format", "peft", "--out", "x")
+    t.needs_in_error("empty: no record.json in this folder")
+
+
+def _decoy_model(t: T, layout: str) -> Path:
+    """The tiny Granite folder (config, tokenizer) whose weights transformers would read from a pickle."""
+    folder = t.dir / "model"
+    shutil.copytree(FX.archs / "granite", folder)
+    (folder / "model.safetensors").unlink()
+    pickled = pickle.dumps(Payload(t.dir / "pwned"))
+    if layout == "index":
+        (folder / "pytorch_model-00001-of-00001.bin").write_bytes(pickled)
+        index = {"weight_map": {"lm_head.weight": "pytorch_model-00001-of-00001.bin"}}
+        (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    elif layout == "config":
+        (folder / "adapter_model.bin").write_bytes(pickled)
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, "transformers_weights": "adapter_model.bin"}))
+        shutil.copyfile(FX.archs / "granite" / "model.safetensors", folder / "model.safetensors")
+    else:
+        (folder / "pytorch_model.bin").write_bytes(pickled)
+    if layout != "config":
+        (folder / "x.safetensors").write_bytes(b"decoy")
+    return folder
+
+
+for _layout, _what in (("bin", "a decoy x.safetensors beside a pickle pytorch_model.bin"),
+                       ("index", "a decoy x.safetensors beside a sharded pickle .bin index"),
+                       ("config", "config.json naming a pickle as its transformers_weights")):  # fmt: skip
+
+    def _fn(t: T, layout=_layout) -> None:
+        t.cli("zeroshot", *ZS[2:], "--model", _decoy_model(t, layout))
+        t.need(not (t.dir / "pwned").exists(), "the pickle weights were executed")
+        t.needs_in_error("safetensors")
+
+    CASES.append(Case(f"model folder with {_what}, zeroshot", K_MODEL, "error", _fn))
+
+
+def _task_file(t: T, **keys: str) -> Path:
+    """The example task (data/examples/reviews) in ``t.dir/task`` with some keys replaced; its data also one folder up."""
+    folder = t.dir / "task"
+    shutil.copytree(DATA / "examples" / "reviews", folder)
+    shutil.copyfile(folder / "reviews.csv", t.dir / "outside.csv")
+    (folder / "link.csv").symlink_to("/etc/passwd")
+    lines = [ln for ln in (folder / "task.yaml").read_text().splitlines() if ln.split(":")[0] not in keys]
+    (folder / "task.yaml").write_text("\n".join([*lines, *(f"{k}: {v}" for k, v in keys.items())]) + "\n")
+    return folder / "task.yaml"
+
+
+ZS_TASK = ["zeroshot", "--model", "tiny-llama", "--device", "cpu", "--max-test", "8", "--shots", "4", "--task"]
+
+
+def _task(name: str, keys: dict[str, str], allow: bool = False, expect: str = "error", needles=("outside",)):
+    def fn(t: T) -> None:
+        r = t.cli(*ZS_TASK, _task_file(t, **keys), *(["--allow-task-files-outside", "--json"] if allow else []))
+        t.need("root:" not in r.err and "/bin/" not in r.err, "the foreign file's content is shown")
+        if r.exit == 0:
+            t.need(json.loads(r.out)["n"] == 8, "not the 8 test examples")
+        t.needs_in_error(*needles)
+
+    CASES.append(Case(f"task file with {name}", K_TASK, expect, fn))
+
+
+_task("test: /etc/passwd, zeroshot", {"test": "/etc/passwd"})
+_task("pool: ../outside.csv, zeroshot", {"pool": "{file: ../outside.csv, split: train}"})
+_task("a test file that is a link to /etc/passwd, zeroshot", {"test": "{file: link.csv, split: test}"})
+_task("a fixed split outside its folder, zeroshot", {"splits": "{13: {train: ../outside.csv, dev: reviews.csv}}"})
+_task("pool: ../outside.csv, zeroshot --allow-task-files-outside", {"pool": "{file: ../outside.csv, split: train}"},
+      allow=True, expect="correct", needles=())  # fmt: skip
+_task("test: /etc/passwd, zeroshot --allow-task-files-outside (nothing of it shown)",
+      {"test": "/etc/passwd", "format": "csv"}, allow=True, needles=("not shown",))  # fmt: skip
+
+
+@case("evaluate --run R --task T whose test file is outside T's folder", K_TASK)
+def _(t: T):
+    run = copy_run(FX.ref24, t.dir / "run")
+    t.guard(run)
+    t.cli("evaluate", "--run", run, "--task", _task_file(t, test="/etc/passwd"))
+    t.need("root:" not in t.main.err, "the foreign file's content is shown")
+    t.needs_in_error("outside")
+
+
+RAY_GRID = ["compare", "--tasks", "sst2", "--methods", "zeroshot", "--seeds", "13", "--model", "tiny-llama",
+            "--max-test", "8", "--root", "grid", "--backend", "ray", "--set", "model.device=cpu"]  # fmt: skip
+
+
+def _address(name: str, address: str, needles=()):
+    _plain(f"compare --backend ray --address {address} ({name})", K_RAY, [*RAY_GRID, "--address", address], needles)
+
+
+_address("nothing listening", "127.0.0.1:1", ("nothing answers",))
+_address("a port that is not a number", "not-a-host:xyz", ("HOST:PORT",))
+_address("no such host", "not-a-host:6379", ("nothing answers",))
+_address("a Ray Client address", "ray://127.0.0.1:10001", ("HOST:PORT",))
+
+
+@contextlib.contextmanager
+def _silent_port():
+    """A TCP port that accepts connections and never answers as a Ray head would."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@case("compare --backend ray --address of a port where no Ray answers, --connect-timeout 5", K_RAY)
+def _(t: T):
+    with _silent_port() as address:
+        t0 = time.monotonic()
+        t.cli(*RAY_GRID, "--address", address, "--connect-timeout", "5")
+        t.need(time.monotonic() - t0 < 90, f"took {time.monotonic() - t0:.0f} s with --connect-timeout 5")
+    t.needs_in_error("no Ray cluster answered within 5 s")
+
+
+@case("SIGTERM while compare waits for a Ray address that does not answer", K_RAY, "interrupted")
+def _(t: T):
+    with _silent_port() as address:
+        p = t.popen(*RAY_GRID, "--address", address)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None and not _children(p.pid):
+            time.sleep(0.2)
+        time.sleep(4)  # the probe is inside Ray's connection attempts
+        probes, t0 = _children(p.pid), time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        r = t.collect(p, main=True, timeout=60)
+    t.need(bool(probes), "no probe process was seen")
+    t.need(time.monotonic() - t0 < 10, f"{time.monotonic() - t0:.0f} s from SIGTERM to the end")
+    t.need("interrupted" in r.err, "no 'interrupted' line")
+    t.need(not [c for c in probes if _alive(c)], "the probe process outlived the command")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+def _export_full(fmt: str):
+    def fn(t: T) -> None:
+        exports = t.dir / "exports"
+        exports.mkdir()
+        argv = ["export", "--run", FX.ref24, "--format", fmt, "--which", "z_final", "--out", exports / "x"]
+        full = t.full_disk(0, *argv, main=False)
+        lines = [ln for ln in full.err.splitlines() if ln.strip()]
+        t.need(full.exit == 2 and len(lines) == 1 and "No space left" in lines[0],
+               f"the full disk did not end in one line (exit {full.exit}): {full.err.strip()[-300:]}")  # fmt: skip
+        t.need(not list(exports.iterdir()), f"left behind: {[p.name for p in exports.iterdir()]}")
+        r = t.cli(*argv)
+        if r.exit == 0:
+            t.need((exports / "x" / "dflora_classifier.json").is_file(), "the retried export is incomplete")
+
+    CASES.append(Case(f"export --format {fmt} onto a full disk, then the retry", K_EXPORT, "correct", fn))
+
+
+_export_full("peft")
+_export_full("merged")
+
+# `papermill -p runs_root /etc/passwd` on a notebook: its parameter cells, then open_profile as notebook 01 runs it
+NB_PATHS = r"""
+import sys
+from dflora_core.errors import DfloraError
+from dflora_core.notebook_params import ParameterGuard, open_profile
+ns = {}
+guard = ParameterGuard(ns)
+ns["__annotations__"] = {"profile": "str", "runs_root": "str", "figures_dir": "str"}
+ns["profile"], ns["runs_root"], ns["figures_dir"] = "smoke", sys.argv[1], sys.argv[2]
+try:
+    open_profile(guard.validate(ns), quiet=True)
+except DfloraError as err:
+    print(f"dflora: error: {err}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+@case("papermill -p runs_root /etc/passwd (a file, not a folder)", K_FLAGS)
+def _(t: T):
+    t.cmd([PY, "-c", NB_PATHS, "/etc/passwd", t.dir / "figures"])
+    t.needs_in_error("runs_root", "is a file")
+
+
+NEW_IN_32 = {c.name for c in CASES[FIRST_OF_32:]}
+
+
 # the default census: one or more cases of every class of issue 12, about 10 minutes on 2 loaded cores
 # (``--all`` runs every case above, about twice as long)
 CORE = {
@@ -1206,23 +1492,34 @@ CORE = {
     "electra tiny model: zeroshot",
     "electra tiny model: run c-lora",
     "granite tiny model: zeroshot",
+    *NEW_IN_32,  # issue 32: every case of run folders, task files, clusters, full-disk exports, folder parameters
 }
 assert CORE <= {c.name for c in CASES}, sorted(CORE - {c.name for c in CASES})
 
 
 # -- classification and report -------------------------------------------------------------------------
-CLASSES = ("one-line error", "correct", "traceback", "silently accepted", "other")
+CLASSES = ("one-line error", "correct", "traceback", "silently accepted", "hang", "other")
 
 
 def classify(c: Case, t: T) -> tuple[str, str]:
     r = t.main
     if r is None:
         return "other", "no command ran"
+    hung = [x for x in t.results if x.timed_out]
+    if hung:
+        return "hang", f"{' '.join(_short(a) for a in hung[0].command[:6])} ... did not end within the case's limit"
     if any("Traceback" in x.err for x in t.results):
         return "traceback", ""
     lines = [ln for ln in r.err.splitlines() if ln.strip()]
     one_line = r.exit == 2 and len(lines) == 1 and lines[0].startswith("dflora: error: ")
     why = "; ".join(t.fails)
+    if c.expect == "interrupted":  # a signal's correct result: exit 130 and one line saying how to continue
+        ok = r.exit == 130 and len(lines) == 1 and not t.fails
+        return (
+            ("correct", "")
+            if ok
+            else ("other", f"exit {r.exit}, {len(lines)} stderr lines" + (f"; {why}" if why else ""))
+        )
     if one_line and c.expect in ("error", "either"):
         return ("one-line error", "") if not t.fails else ("other", f"one-line error, but {why}")
     if r.exit == 0:
@@ -1235,8 +1532,8 @@ def classify(c: Case, t: T) -> tuple[str, str]:
     return "other", f"exit {r.exit}, {len(lines)} stderr lines: {tail[:400]}" + (f"; {why}" if why else "")
 
 
-def run_case(c: Case, root: Path, env: dict[str, str], index: int) -> dict:
-    t = T(c.name, root / f"case{index:03d}", env)
+def run_case(c: Case, root: Path, env: dict[str, str], index: int, limit: float = 240.0) -> dict:
+    t = T(c.name, root / f"case{index:03d}", env, deadline=time.monotonic() + limit)
     t.dir.mkdir(parents=True)
     t0 = time.perf_counter()
     try:
@@ -1287,16 +1584,16 @@ def totals(rows: list[dict]) -> dict:
 def markdown(rows: list[dict]) -> str:
     tot = totals(rows)
     lines = ["| cases tried | one-line errors | correct results | tracebacks (goal 0) | silently accepted (goal 0) "
-             "| other | data lost (goal 0) |", "|---:|---:|---:|---:|---:|---:|---:|",
+             "| hangs (goal 0) | other | data lost (goal 0) |", "|---:|---:|---:|---:|---:|---:|---:|---:|",
              f"| {tot['cases tried']} | {tot['one-line error']} | {tot['correct']} | {tot['traceback']} "
-             f"| {tot['silently accepted']} | {tot['other']} | {tot['data lost']} |", "",
-             "| class | cases | one-line errors | correct | tracebacks | silently accepted | other | data lost |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+             f"| {tot['silently accepted']} | {tot['hang']} | {tot['other']} | {tot['data lost']} |", "",
+             "| class | cases | one-line errors | correct | tracebacks | silently accepted | hangs | other | data lost |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for klass in dict.fromkeys(r["class"] for r in rows):
         sub = [r for r in rows if r["class"] == klass and r["classification"] != "skipped"]
         n = Counter(r["classification"] for r in sub)
         lines.append(f"| {klass} | {len(sub)} | {n['one-line error']} | {n['correct']} | {n['traceback']} "
-                     f"| {n['silently accepted']} | {n['other']} | {sum(bool(r['data_lost']) for r in sub)} |")  # fmt: skip
+                     f"| {n['silently accepted']} | {n['hang']} | {n['other']} | {sum(bool(r['data_lost']) for r in sub)} |")  # fmt: skip
     if tot["skipped"]:
         lines.append(f"\n{tot['skipped']} case(s) skipped: the machine cannot stage them.")
     return "\n".join(lines)
@@ -1310,6 +1607,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
     ap.add_argument("--out", default=str(OUT_JSON), help=f"JSON results (default {OUT_JSON.relative_to(REPO)})")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (its path is printed)")
+    ap.add_argument("--case-limit", type=float, default=240.0, metavar="SECONDS",
+                    help="a case whose commands have not ended by then is a hang (they are killed); default 240")  # fmt: skip
     args = ap.parse_args(argv)
     cases = CASES if args.all or args.only else [c for c in CASES if c.name in CORE]
     if args.only:
@@ -1329,7 +1628,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fault census: {len(cases)} cases, working in {root}", flush=True)
         FX = prepare(root, env)
         for i, c in enumerate(cases, 1):
-            row = run_case(c, root, env, i)
+            row = run_case(c, root, env, i, args.case_limit)
             rows.append(row)
             flag = " DATA LOST" if row["data_lost"] else ""
             print(f"{i:3}/{len(cases)} {row['classification']:17} {row['seconds']:5.1f} s  {c.name}{flag}"
@@ -1359,6 +1658,7 @@ def main(argv: list[str] | None = None) -> int:
             "root": os.geteuid() == 0,
             "tmpfs_mounts": can_mount(),
         },  # fmt: skip
+        "case_limit_s": args.case_limit,
         "wall_s": round(wall, 1),
         "setup_s": round(FX.setup_s, 1),
         "totals": totals(rows),
@@ -1371,7 +1671,9 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(rows))
     print(f"\ncensus wall time {wall:.0f} s (setup {FX.setup_s:.0f} s); wrote {out}")
     bad = totals(rows)
-    return 0 if bad["traceback"] == bad["silently accepted"] == bad["other"] == bad["data lost"] == 0 else 1
+    return (
+        0 if bad["traceback"] == bad["silently accepted"] == bad["hang"] == bad["other"] == bad["data lost"] == 0 else 1
+    )
 
 
 if __name__ == "__main__":

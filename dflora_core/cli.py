@@ -6,6 +6,7 @@ Bad input gives a one-line error and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -51,6 +52,8 @@ def build_config(args) -> RunConfig:  # noqa: F821 - string annotation, imported
     flat.update(parse_assignments(getattr(args, "set", None)))  # the same parser as `dflora compare --set`
     if getattr(args, "no_progress", False):
         flat["progress"] = False
+    if getattr(args, "allow_task_files_outside", False):
+        flat["data.allow_task_files_outside"] = True
     return from_dict(_merge(data, _nest(flat)))
 
 
@@ -219,6 +222,7 @@ def cmd_config(args) -> int:
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     from .config import field_help
+    from .data.user_task import add_outside_flag
 
     for flag, path in RUN_FLAGS.items():
         p.add_argument(flag, default=None, metavar=path.rsplit(".", 1)[-1].upper(), help=field_help(path))
@@ -230,6 +234,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         help="any config field, e.g. search.acceptance=released",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_outside_flag(p)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -251,8 +256,12 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one method and write DIR/record.json")
     _add_run_flags(p)
     p.add_argument("--out", help="run folder (record, history, checkpoint)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (or read a finished one)")
-    p.add_argument("--overwrite", action="store_true", help="run again in --out from scratch (a finished record is kept aside)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run in --out (or read a finished one)"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="run again in --out from scratch (a finished record is kept aside)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("config", help="print the resolved configuration as YAML")
@@ -276,6 +285,15 @@ def make_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _permissions(args):
+    """What the user's flags allow for the whole command: task files naming files outside their folder."""
+    if not getattr(args, "allow_task_files_outside", False):
+        return contextlib.nullcontext()
+    from .data.user_task import files_outside_allowed
+
+    return files_outside_allowed()
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
     print(f"dflora: note: {message}", file=sys.stderr)
 
@@ -292,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         _one_line_warning(m, c, *a) if issubclass(c, DfloraWarning) else shown(m, c, *a, **k)
     )
     try:
-        return int(args.fn(args) or 0)
+        with _permissions(args):
+            return int(args.fn(args) or 0)
     except DfloraError as err:
         print(f"dflora: error: {err}", file=sys.stderr)
         return 2

@@ -45,6 +45,7 @@ class DataConfig:
     split_source: Literal[SPLIT_SOURCES] = "auto"  # "pool" (seeded sample), "fixed" (shipped 16-shot split), auto = task default
     max_test: int | None = None  # stratified test subsample for quick runs; None = the whole test set
     max_length: int = 512  # longer prompts get their text shortened (the paper drops inputs > 512 tokens)
+    allow_task_files_outside: bool = False  # a task file may name data outside its folder (trust it); not identity
 
 
 @dataclass
@@ -395,11 +396,13 @@ def check_fields(cfg: RunConfig, num_layers: int | None = None) -> RunConfig:
     table's (``methods.validate``), which calls this first.
     """
     from .data.tasks import TASKS, get_task, is_task_file
+    from .data.user_task import files_outside_allowed
 
     _check(cfg.data.task in TASKS or is_task_file(cfg.data.task), "data.task",
            f"unknown task {cfg.data.task!r}; choose from {sorted(TASKS)} or give a task file (docs/tasks.md)")  # fmt: skip
     if is_task_file(cfg.data.task):
-        get_task(cfg.data.task)  # a bad declaration fails here, before any model is loaded
+        with files_outside_allowed(cfg.data.allow_task_files_outside):
+            get_task(cfg.data.task)  # a bad declaration fails here, before any model is loaded
     _check(cfg.data.shots >= 1, "data.shots", f"must be >= 1, got {cfg.data.shots}")
     _check(cfg.data.max_test is None or cfg.data.max_test >= 1, "data.max_test", "must be >= 1 or empty")
     _check(cfg.data.max_length >= 16, "data.max_length", f"must be >= 16, got {cfg.data.max_length}")

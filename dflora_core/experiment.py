@@ -22,6 +22,7 @@ import torch
 from .config import RunConfig
 from .data import get_task, load_test, sample_fewshot
 from .data.types import FewShotSplit, TaskSpec, TestSet
+from .data.user_task import files_outside_allowed
 from .errors import DfloraWarning
 from .fileio import atomic_write_json, read_json
 from .methods import validate
@@ -100,6 +101,11 @@ class Experiment:
 
     @classmethod
     def prepare(cls, cfg: RunConfig, loaded: LoadedModel | None = None) -> Experiment:
+        with files_outside_allowed(cfg.data.allow_task_files_outside):  # the user's permission, in its config
+            return cls._prepare(cfg, loaded)
+
+    @classmethod
+    def _prepare(cls, cfg: RunConfig, loaded: LoadedModel | None) -> Experiment:
         t0 = time.perf_counter()
         cls.check(cfg)
         task = get_task(cfg.data.task)

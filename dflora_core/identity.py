@@ -22,7 +22,8 @@ from typing import Any
 from .config import RunConfig, flatten, from_dict
 
 IDENTITY_VERSION = 2  # 2: search.dev_rule (2026-12-07); 1: the committed folders before it
-NOT_IDENTITY = ("progress",)  # display settings: the same run with or without a progress bar
+# the same run with or without: a progress bar, the user's permission for task files to name files outside their folder
+NOT_IDENTITY = ("progress", "data.allow_task_files_outside")
 # field -> what a stored config without that key meant (the code's behaviour before the field existed)
 LEGACY_VALUES: dict[str, Any] = {"search.dev_rule": "periodic"}
 
@@ -44,8 +45,12 @@ def with_legacy_values(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_from_record(config: dict[str, Any]) -> RunConfig:
-    """The RunConfig of a stored config (record.json, config.json, a grid payload): legacy fields filled."""
-    return from_dict(with_legacy_values(config))
+    """The RunConfig of a stored config (record.json, config.json): legacy fields filled, and no permission
+    for task files outside their folder (a stored one is not the reader's: the command's flag grants it)."""
+    data = with_legacy_values(config)
+    if isinstance(data.get("data"), dict):
+        data["data"]["allow_task_files_outside"] = False
+    return from_dict(data)
 
 
 def identity_fields(cfg: RunConfig) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from .errors import DfloraError
@@ -168,6 +169,17 @@ def parameters_of(notebook) -> list[dict[str, str]]:
     return [p._asdict() for p in _infer_parameters(notebook)]
 
 
+def output_folder(name: str, path: Path) -> Path:
+    """``path`` as an existing folder (made if missing), or a one-line ParameterError naming the parameter."""
+    if path.exists() and not path.is_dir():
+        raise ParameterError(f"parameter {name!r}: {path} is a file, not a folder; give a folder (or leave it empty)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ParameterError(f"parameter {name!r}: cannot make the folder {path} ({err.strerror or err})") from None
+    return path
+
+
 def open_profile(params: Mapping[str, Any], quiet: bool = False):
     """The profile a notebook's parameters name (``profile``, ``runs_root``, ``figures_dir``).
 
@@ -178,12 +190,12 @@ def open_profile(params: Mapping[str, Any], quiet: bool = False):
     prof = load_profile(params["profile"]).with_paths(
         params.get("runs_root") or None, params.get("figures_dir") or None
     )
+    for name in ("runs_root", "figures_dir"):  # checked as the command line checks --out / --root
+        output_folder(name, prof.path(name))
     if prof.threads:
         import torch
 
         torch.set_num_threads(prof.threads)
-    prof.path("runs_root").mkdir(parents=True, exist_ok=True)
-    prof.path("figures_dir").mkdir(parents=True, exist_ok=True)
     if not quiet:
         print(f"profile {prof.name}: {prof.description}")
         print(f"  runs: {prof.path('runs_root')}\n  figures and tables: {prof.path('figures_dir')}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .config import RunConfig, from_dict
+from .data.user_task import files_outside_allowed
 from .environment import peak_memory, reset_peak_memory
 from .errors import DfloraError
 from .experiment import Experiment, zero_shot
@@ -72,6 +73,11 @@ def run(
     on_generation(search, gen), on_eval(search, row).
     """
     cfg = from_dict(cfg) if isinstance(cfg, dict) else cfg
+    with files_outside_allowed(cfg.data.allow_task_files_outside):  # the user's permission travels in the config
+        return _run_at(cfg, out, resume, loaded, tags, overwrite, callbacks)
+
+
+def _run_at(cfg: RunConfig, out, resume: bool, loaded, tags, overwrite: bool, callbacks) -> RunRecord:
     Experiment.check(cfg)  # before any folder is made or any weight loaded
     if out is None:
         return _run(cfg, None, False, loaded, tags, callbacks)

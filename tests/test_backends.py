@@ -227,7 +227,9 @@ def test_a_worker_killed_mid_run_is_retried_with_the_same_record(ray_instance, s
 def test_a_failing_ray_run_does_not_stop_the_others(ray_instance, tmp_path, capsys):
     from dflora_core.grids.backends import pending_runs
 
-    good, bad = build_configs(["sst2"], ["zeroshot", "c-lora"], [13], **{**KW, "sets": [*SETS, "c-lora:lowrank.layers=[40]"]})
+    good, bad = build_configs(
+        ["sst2"], ["zeroshot", "c-lora"], [13], **{**KW, "sets": [*SETS, "c-lora:lowrank.layers=[40]"]}
+    )
     [failure] = execute_on_ray(tmp_path, [good, bad])
     assert failure.run.cfg is bad and "lowrank.layers" in failure.error
     assert str(find_run(tmp_path, bad)) in capsys.readouterr().err  # reported in one line with its folder
@@ -258,3 +260,159 @@ def test_runs_asking_more_than_this_machine_has_are_a_one_line_error(ray_instanc
     with pytest.raises(DfloraError, match="asks for 64 CPUs"):
         execute_on_ray(tmp_path, grid_configs(), cpus_per_run=64)
     assert not list(tmp_path.glob(".dflora-probe-*"))
+
+
+# -- a Ray cluster as a user starts one -------------------------------------------------------------
+RAY_CLI = Path(sys.executable).with_name("ray")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End a `ray start --block` and what it started: its own process group (it runs in a session of its own)."""
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 30)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        time.sleep(0.5)  # the group's other processes end with their leader's signal; SIGKILL makes sure
+    with __import__("contextlib").suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A head on 127.0.0.1 (`ray start --head`) and a second node process (`ray start --address`) with its own
+    resources and temporary folder; token authentication with a token of the test's own (Ray's default since
+    2.5x; the driver gets it through the environment). Both stopped by their process groups' ids."""
+    import secrets
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="dfl-ray-", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    (base / "token").write_text(secrets.token_hex(32))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN_PATH": str(base / "token"), "OMP_NUM_THREADS": "1"}  # fmt: skip
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    nodes = []
+
+    def start(name, *args):
+        log = open(base / f"{name}.log", "wb")  # noqa: SIM115 - the node's output, kept for a failure
+        nodes.append(subprocess.Popen([str(RAY_CLI), "start", *args, "--disable-usage-stats", "--block",
+                                       f"--temp-dir={base / name}"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True))  # fmt: skip
+
+    try:
+        # the head runs no task (0 CPUs): every run of a grid goes to the second node, two at a time
+        start("head", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
+              "--num-cpus=0")  # fmt: skip
+        start("node2", f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+              '--resources={"second_node": 1}')  # fmt: skip
+        deadline = time.monotonic() + 180
+        while "Ray runtime started" not in (base / "node2.log").read_text(errors="replace"):  # it joined the head
+            assert all(n.poll() is None for n in nodes), (base / "node2.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, f"the cluster did not form: {(base / 'node2.log').read_text()[-2000:]}"
+            time.sleep(0.5)
+        yield address, env, base
+    finally:
+        for node in reversed(nodes):
+            _stop(node)
+        import psutil
+
+        left = [p.pid for p in psutil.process_iter(["cmdline"]) if str(base) in " ".join(p.info["cmdline"] or [])]
+        __import__("shutil").rmtree(base, ignore_errors=True)
+        assert not left, f"Ray processes of the test cluster still run: {left}"
+
+
+@needs_ray
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("DFLORA_TEST_RAY_CLUSTER"),
+                    reason="about 2 minutes on 2 cores: DFLORA_TEST_RAY_CLUSTER=1 (make test-cluster) runs it")  # fmt: skip
+@pytest.mark.parametrize("shared", [True, False], ids=["shared root", "--no-shared-fs"])
+def test_a_grid_on_a_cluster_joined_by_address_equals_the_serial_grid(ray_cluster, serial, tmp_path, shared):
+    """As a user meets a cluster: `dflora compare --address` in a fresh process, the runs on two nodes."""
+    address, env, base = ray_cluster
+    argv = ["compare", "--tasks", ",".join(GRID[0]), "--methods", ",".join(GRID[1]), "--seeds", "13",
+            "--model", KW["model"], "--budget", str(KW["budget"]), "--max-test", str(KW["max_test"]),
+            "--root", str(tmp_path), "--backend", "ray", "--address", address,
+            *(["--no-shared-fs"] if not shared else []), *[a for s in SETS for a in ("--set", s)]]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "dflora_core", *argv], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_runs(serial, tmp_path, grid_configs())
+    for cfg in grid_configs():
+        names = {p.name for p in find_run(tmp_path, cfg).iterdir()}
+        assert ("checkpoint.npz" in names) == shared  # the checkpoint does not travel back
+
+
+@needs_ray
+@pytest.mark.slow
+def test_a_cluster_address_that_does_not_answer_is_one_line_soon(tmp_path):
+    """Nothing listening, a listener that is not Ray (bounded by --connect-timeout), a malformed address."""
+    import socket
+
+    base = ["compare", "--tasks", "sst2", "--methods", "zeroshot", "--seeds", "13", "--model", "tiny-llama",
+            "--max-test", "8", "--root", str(tmp_path), "--backend", "ray", "--set", "model.device=cpu"]  # fmt: skip
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        cases = [(["--address", "127.0.0.1:1"], "nothing answers there"),
+                 (["--address", "not-a-host:xyz"], "is not HOST:PORT"),
+                 (["--address", f"127.0.0.1:{listener.getsockname()[1]}", "--connect-timeout", "3"],
+                  "no Ray cluster answered within 3 s")]  # fmt: skip
+        for extra, needle in cases:
+            t0 = time.monotonic()
+            proc = subprocess.run([sys.executable, "-m", "dflora_core", *base, *extra], capture_output=True, text=True,
+                                  timeout=300)  # fmt: skip
+            lines = proc.stderr.strip().splitlines()
+            assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("dflora: error: "), proc.stderr
+            assert needle in lines[0] and time.monotonic() - t0 < 120
+
+
+@needs_ray
+@pytest.mark.slow
+def test_sigterm_ends_a_command_waiting_for_a_cluster(tmp_path):
+    import socket
+
+    import psutil
+
+    with socket.socket() as listener:  # accepts, never answers as Ray would: joining waits out the timeout
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        argv = ["compare", "--tasks", "sst2", "--methods", "zeroshot", "--seeds", "13", "--model", "tiny-llama",
+                "--max-test", "8", "--root", str(tmp_path), "--backend", "ray", "--set", "model.device=cpu",
+                "--address", f"127.0.0.1:{listener.getsockname()[1]}", "--connect-timeout", "600"]  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-m", "dflora_core", *argv], stderr=subprocess.PIPE, text=True)
+        deadline, probes = time.monotonic() + 120, []
+        while time.monotonic() < deadline and not probes:  # the probe process that joins the cluster
+            probes = psutil.Process(proc.pid).children(recursive=True)
+            time.sleep(0.2)
+        time.sleep(4)  # inside Ray's connection attempts
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert probes and proc.returncode == 130 and "interrupted" in err and time.monotonic() - t0 < 10, err
+    assert not [p for p in probes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_cluster_addresses_and_timeouts_are_checked_before_ray_is_imported():
+    from dflora_core.grids.backend_base import split_address
+
+    assert split_address("10.0.0.5:6379") == ("10.0.0.5", 6379) and split_address("[::1]:6379") == ("::1", 6379)
+    assert split_address("auto") is None
+    for bad in ("not-a-host:xyz", "host", ":6379", "ray://h:10001", "h:0", "h:70000", "a b:1"):
+        with pytest.raises(ConfigError, match="--address: "):
+            check_backend(BackendSpec(name="ray", address=bad), prefix="--")
+    for spec in (BackendSpec(name="ray", connect_timeout=0), BackendSpec(name="local", connect_timeout=5)):
+        with pytest.raises(ConfigError, match="--connect-timeout: "):
+            check_backend(spec, prefix="--")

@@ -112,6 +112,64 @@ def test_a_model_folder_with_pickle_weights_is_refused_in_one_line(tmp_path, cap
     assert not (tmp_path / "pwned").exists()
 
 
+def _model_folder(tmp_path, layout: str) -> Path:
+    """A model folder whose weights transformers would read from a pickle (or from outside the folder)."""
+    from dflora_core.models.tiny import build_tiny
+
+    folder = tmp_path / "model"
+    model, tok = build_tiny("tiny-llama")  # a real config and tokenizer: only the weights are wrong
+    model.config.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    pickled = pickle.dumps(Payload(tmp_path / "pwned"))
+    if layout == "decoy safetensors beside pytorch_model.bin":
+        (folder / "pytorch_model.bin").write_bytes(pickled)
+        (folder / "x.safetensors").write_bytes(b"decoy")
+    elif layout == "a sharded .bin index beside a decoy":
+        shard = "pytorch_model-00001-of-00001.bin"
+        (folder / shard).write_bytes(pickled)
+        (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"lm_head.weight": shard}}))
+        (folder / "x.safetensors").write_bytes(b"decoy")
+    elif layout == "config.json naming a .bin":
+        (folder / "adapter_model.bin").write_bytes(pickled)
+        (folder / "model.safetensors").write_bytes(b"decoy")
+        config["transformers_weights"] = "adapter_model.bin"
+    else:  # a safetensors index naming a pickle shard
+        (folder / "w.bin").write_bytes(pickled)
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"lm_head.weight": "w.bin"}}))
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["decoy safetensors beside pytorch_model.bin", "a sharded .bin index beside a decoy", "config.json naming a .bin",
+     "a safetensors index naming a .bin shard"],
+)  # fmt: skip
+def test_only_safetensors_weights_are_ever_loaded(tmp_path, capsys, monkeypatch, layout):
+    import torch
+
+    def never(*a, **k):
+        raise AssertionError("torch.load was called")
+
+    monkeypatch.setattr(torch, "load", never)
+    folder = _model_folder(tmp_path, layout)
+    argv = ["zeroshot", "--model", str(folder), "--device", "cpu", "--task", "sst2", "--max-test", "8"]
+    one_line_error(capsys, argv, str(folder), "safetensors")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_sharded_safetensors_weights_still_load(tmp_path, capsys):
+    from dflora_core.models.tiny import build_tiny
+
+    folder = tmp_path / "model"
+    model, tok = build_tiny("tiny-llama")
+    model.save_pretrained(folder, safe_serialization=True, max_shard_size="20KB")
+    tok.save_pretrained(folder)
+    assert (folder / "model.safetensors.index.json").is_file() and not (folder / "model.safetensors").exists()
+    assert main(["zeroshot", "--model", str(folder), "--device", "cpu", "--task", "sst2", "--max-test", "8"]) == 0
+
+
 # -- nothing lost or mixed --------------------------------------------------------------------------
 HOLD = """
 import sys, time
@@ -227,7 +285,12 @@ def test_an_invalid_config_leaves_no_folder_behind(tmp_path, capsys):
 # -- bad input --------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "content, needle",
-    [(b"- a\n- b\n", "mapping"), (b"\xff\xfe run: 1\n", "UTF-8"), (b"run: [1,\n", "not valid YAML"), (b"3\n", "mapping")],
+    [
+        (b"- a\n- b\n", "mapping"),
+        (b"\xff\xfe run: 1\n", "UTF-8"),
+        (b"run: [1,\n", "not valid YAML"),
+        (b"3\n", "mapping"),
+    ],
 )
 def test_a_config_file_that_is_not_a_utf8_mapping_is_one_line(tmp_path, capsys, content, needle):
     path = tmp_path / "cfg.yaml"
@@ -372,3 +435,175 @@ def test_a_run_in_a_grid_reports_its_own_peak_memory_not_an_earlier_runs(tmp_pat
     [rec] = run_grid([cfg], tmp_path)
     assert rec.peak_mem_kind == "process_peak_rss"
     assert 0 < rec.peak_mem_bytes < before - 128 * 2**20  # without the reset it would be >= before
+
+
+# -- issue 32: run folders, model folders and task files from someone else ------------------------------
+def edited_run(tiny_run, tmp_path, edit) -> Path:
+    """A copy of a finished tiny C-LoRA run whose adapter.npz arrays went through ``edit``."""
+    import shutil
+
+    run = Path(shutil.copytree(tiny_run(), tmp_path / "run", ignore=shutil.ignore_patterns(".lock")))
+    with np.load(run / "adapter.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    edit(arrays)
+    np.savez(run / "adapter.npz", **arrays)
+    return run
+
+
+def _set(name, value):
+    return lambda arrays: arrays.__setitem__(name, value(arrays) if callable(value) else value)
+
+
+ADAPTER_DAMAGE = {
+    "an object array": (_set("z_best_dev", lambda a: np.array([Payload(Path("/nonexistent/pwned"))], dtype=object)),
+                        "holds Python objects"),
+    "another shape": (_set("z_best_dev", np.zeros((2, 7))), "shape [2, 7]"),
+    "a NaN": (_set("z_best_dev", lambda a: np.where(np.arange(a["z_best_dev"].size).reshape(a["z_best_dev"].shape) == 0,
+                                                    np.nan, a["z_best_dev"])), "non-finite"),
+    "text": (_set("z_final", lambda a: np.full(a["z_final"].shape, "x")), "not numbers"),
+    "a planted label bias": (_set("label_bias", np.array([np.nan, 0.0])), "no label bias"),
+    "layer scales of another length": (_set("layer_std", np.ones(5)), "'layer_std' has shape [5]"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", list(ADAPTER_DAMAGE))
+def test_adapter_arrays_are_checked_before_predict_evaluate_export_and_reproduce(tiny_run, tmp_path, capsys, damage):
+    edit, needle = ADAPTER_DAMAGE[damage]
+    run = edited_run(tiny_run, tmp_path, edit)
+    for argv in (["predict", "--run", str(run), "nice"], ["evaluate", "--run", str(run)],
+                 ["export", "--run", str(run), "--format", "peft", "--out", str(tmp_path / "peft")],
+                 ["reproduce", str(run)]):  # fmt: skip
+        one_line_error(capsys, argv, f"{run / 'adapter.npz'}: array", needle)
+    assert not (tmp_path / "peft").exists()
+
+
+def test_a_run_folder_is_named_as_given_with_what_is_missing_in_it(tiny_run, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    err = one_line_error(
+        capsys, ["predict", "--run", str(runs / "no-such-run"), "nice"], "no-such-run: no such run folder"
+    )
+    assert "runs/record.json" not in err
+    (runs / "empty").mkdir()
+    one_line_error(capsys, ["export", "--run", str(runs / "empty"), "--format", "peft", "--out", str(tmp_path / "x")],
+                   f"{runs / 'empty'}: no record.json in this folder")  # fmt: skip
+    run = edited_run(tiny_run, tmp_path, lambda arrays: None)
+    (run / "adapter.npz").unlink()
+    err = one_line_error(capsys, ["predict", "--run", str(run), "nice"], f"{run}: adapter.npz is missing")
+    assert "Errno" not in err
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "data" / "examples" / "reviews"
+
+
+def task_file(tmp_path, **keys: str) -> Path:
+    """The example task in a folder of its own (``tmp_path/task``), with some keys' YAML replaced;
+    ``tmp_path/outside.csv`` is a copy of its data one folder up."""
+    import shutil
+
+    folder = tmp_path / "task"
+    shutil.copytree(EXAMPLE, folder)
+    shutil.copyfile(EXAMPLE / "reviews.csv", tmp_path / "outside.csv")
+    lines = (folder / "task.yaml").read_text().splitlines()
+    lines = [f"{ln.split(':')[0]}: {keys.pop(ln.split(':')[0])}" if ln.split(":")[0] in keys else ln for ln in lines]
+    (folder / "task.yaml").write_text("\n".join(lines + [f"{k}: {v}" for k, v in keys.items()]) + "\n")
+    return folder / "task.yaml"
+
+
+ZS_TASK = ["zeroshot", "--model", "tiny-llama", "--device", "cpu", "--max-test", "8", "--task"]
+
+
+@pytest.mark.parametrize(
+    "keys, key",
+    [({"test": "/etc/passwd"}, "test"), ({"pool": "{file: ../outside.csv, split: train}"}, "pool[0].file"),
+     ({"test": "{file: link.csv, split: test}"}, "test.file"),
+     ({"splits": "{13: {train: ../outside.csv, dev: reviews.csv}}"}, "splits.13.train")],
+    ids=["absolute", "dot-dot", "a link leading out", "a fixed split"],
+)  # fmt: skip
+def test_a_task_file_names_only_files_in_its_folder(tmp_path, capsys, keys, key):
+    task = task_file(tmp_path, **keys)
+    (task.parent / "link.csv").symlink_to("/etc/passwd")
+    err = one_line_error(capsys, [*ZS_TASK, str(task)], f"{task}: {key}: ", "outside the task file's folder",
+                         "--allow-task-files-outside")  # fmt: skip
+    assert "root:" not in err  # nothing of the foreign file is shown
+
+
+def test_the_user_may_allow_files_outside_and_a_record_cannot(tmp_path, capsys):
+    task = task_file(tmp_path, pool="{file: ../outside.csv, split: train}")
+    one_line_error(capsys, [*ZS_TASK, str(task)], "outside the task file's folder")
+    out = tmp_path / "run"
+    argv = [
+        "run",
+        *[a for a in TINY if a not in ("--task", "sst2")],
+        "--task",
+        str(task),
+        "--shots",
+        "4",
+        "--out",
+        str(out),
+    ]
+    assert main([*argv, "--allow-task-files-outside"]) == 0
+    assert json.loads((out / "record.json").read_text())["config"]["data"]["allow_task_files_outside"] is True
+    capsys.readouterr()
+    one_line_error(
+        capsys, ["evaluate", "--run", str(out)], "outside the task file's folder"
+    )  # not the record's to grant
+    assert main(["evaluate", "--run", str(out), "--allow-task-files-outside"]) == 0
+
+
+@pytest.mark.slow
+def test_a_grid_gives_its_worker_processes_the_users_permission(tmp_path, capsys):
+    """`dflora compare` runs each run in a fresh process: the permission travels in the run's config."""
+    task = task_file(tmp_path, pool="{file: ../outside.csv, split: train}")
+    grid = ["compare", "--tasks", str(task), "--methods", "zeroshot", "--seeds", "13", "--model", "tiny-llama",
+            "--max-test", "8", "--root", str(tmp_path / "grid"), "--set", "model.device=cpu", "--set", "data.shots=4"]  # fmt: skip
+    one_line_error(capsys, grid, "outside the task file's folder")
+    assert main([*grid, "--allow-task-files-outside"]) == 0
+
+
+def test_an_allowed_foreign_file_is_never_echoed(tmp_path, capsys):
+    task = task_file(tmp_path, test="/etc/passwd", format="csv")
+    err = one_line_error(capsys, [*ZS_TASK, str(task), "--allow-task-files-outside"], "/etc/passwd", "not shown")
+    assert "root:" not in err and "/bin/" not in err
+
+
+@pytest.mark.parametrize("fmt", ["peft", "merged"])
+def test_an_export_onto_a_full_disk_leaves_nothing_behind_and_can_be_retried(tiny_run, tmp_path, capsys, monkeypatch,
+                                                                              fmt):  # fmt: skip
+    import safetensors.torch
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    def full(tensors, filename, *a, **k):  # what safetensors says on ENOSPC, after a partial write
+        Path(filename).write_bytes(b"\0" * 64)
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                              '"No space left on device" })')  # fmt: skip
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full)
+    exports = tmp_path / "exports"
+    argv = ["export", "--run", str(tiny_run()), "--format", fmt, "--out", str(exports / "x")]
+    one_line_error(capsys, argv, f"--out {exports / 'x'}: the export failed", "No space left", "removed")
+    assert list(exports.iterdir()) == []  # no partial folder blocks the retry
+    (exports / "x").mkdir()
+    (exports / "x" / "kept").write_text("an earlier export")
+    one_line_error(capsys, [*argv, "--force"], "No space left", "is as it was")
+    assert [p.name for p in exports.iterdir()] == ["x"] and (exports / "x" / "kept").is_file()
+    monkeypatch.undo()
+    assert main([*argv, "--force"]) == 0
+    assert "dflora_classifier.json" in {p.name for p in (exports / "x").iterdir()} - {"kept"}
+    assert [p.name for p in exports.iterdir()] == ["x"] and not (exports / "x" / "kept").exists()
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_a_notebook_folder_parameter_that_is_a_file_is_a_one_line_error(tmp_path, where):
+    """`papermill -p runs_root /etc/passwd` on a notebook: the parameter is named, no FileExistsError."""
+    from dflora_core.notebook_params import ParameterError, open_profile
+
+    f = tmp_path / "f"
+    f.write_text("x")
+    value = str(f if where == "a file" else f / "runs")
+    with pytest.raises(ParameterError, match="parameter 'runs_root': ") as info:
+        open_profile({"profile": "smoke", "runs_root": value, "figures_dir": str(tmp_path / "figs")}, quiet=True)
+    assert len(str(info.value).splitlines()) == 1 and value in str(info.value)
+    assert f.read_text() == "x" and not (tmp_path / "figs").exists()

@@ -13,14 +13,23 @@ row counts when the YAML declares ``test_size`` / ``pool_size``, else they are "
 
 A bad declaration is a one-line error naming the YAML file and the key (or the data file, line
 and column): a missing column, a label outside ``labels``, a template without its fields.
+
+A task file is data a user may get from someone else, so the files it names must lie in its own
+folder or below it, links followed (``../x.csv``, ``/etc/passwd`` or a link leading out are
+refused), unless the user allows it for the command (``--allow-task-files-outside``,
+``data.allow_task_files_outside``: :func:`files_outside_allowed`); even then an error about such a
+file never shows its content.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import hashlib
 import json
 import string
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +37,35 @@ from ..errors import DataError
 from . import loaders as L
 from .types import Example, TaskSpec
 
-__all__ = ["FORMATS", "Source", "UserFiles", "is_task_file", "load_task_file"]
+__all__ = ["FORMATS", "Source", "UserFiles", "files_outside_allowed", "is_task_file", "load_task_file"]
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
 FAMILIES = ("causal", "masked")
 KEYS = ("name", "title", "format", "text_fields", "label_field", "labels", "label_values", "metric", "test",
         "pool", "splits", "split_field", "templates", "notes", "test_size", "pool_size", "test_name",
         "test_official", "default_split_source")  # fmt: skip
+
+
+# whether the command at hand lets task files name files outside their folder (the user's flag, never a file's)
+_OUTSIDE_ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar("task_files_outside", default=False)
+OUTSIDE_FLAG = "--allow-task-files-outside"
+OUTSIDE_HINT = f"{OUTSIDE_FLAG} (data.allow_task_files_outside)"
+
+
+def add_outside_flag(parser) -> None:
+    """The command-line flag that grants the permission (``dflora run``, ``compare``, ``evaluate``...)."""
+    parser.add_argument(OUTSIDE_FLAG, action="store_true",
+                        help="let task files name data files outside their own folder (only for task files you trust)")  # fmt: skip
+
+
+@contextlib.contextmanager
+def files_outside_allowed(allowed: bool = True) -> Iterator[None]:
+    """Meanwhile task files may name files outside their folder if ``allowed`` (a permission only widens)."""
+    token = _OUTSIDE_ALLOWED.set(_OUTSIDE_ALLOWED.get() or bool(allowed))
+    try:
+        yield
+    finally:
+        _OUTSIDE_ALLOWED.reset(token)
 
 
 def is_task_file(name) -> bool:
@@ -65,6 +96,7 @@ class UserFiles:
     pool: tuple[Source, ...]
     fixed: tuple[tuple[int, str, str], ...]  # (seed, train file, dev file)
     templates: tuple[tuple[str, str, tuple[str, ...]], ...]  # (family, {0}/{1}/{mask} pattern, words)
+    outside: frozenset[str] = frozenset()  # files outside the YAML's folder (allowed by the user): never echoed
 
     @property
     def test_files(self) -> tuple[str, ...]:
@@ -85,7 +117,14 @@ class UserFiles:
                             f"(.csv, .tsv, .jsonl); declare format: csv, tsv or jsonl")  # fmt: skip
         layout = (self.declared_in, fmt, self.text_fields, self.label_field, self.label_map, self.split_field,
                   source.split)  # fmt: skip
-        return read_table(root, source.file, layout)
+        try:
+            return read_table(root, source.file, layout)
+        except DataError as err:
+            if source.file not in self.outside:
+                raise
+            where = str(err).split(": ", 1)[0]  # file:line, without the values the message quotes
+            raise DataError(f"{where}: not readable as {self.declared_in} declares it (details not shown: the "
+                            "file is outside the task file's folder)") from None  # fmt: skip
 
     def read_test(self, root: Path) -> list[Example]:
         return self.read(root, self.test)
@@ -155,8 +194,9 @@ def read_table(root: Path, rel: str, layout: tuple) -> list[Example]:
 class _Declaration:
     """The YAML mapping of one task file, with errors that name the file and the key."""
 
-    def __init__(self, given: str, path: Path, data: dict):
-        self.given, self.path, self.data = given, path, data
+    def __init__(self, given: str, path: Path, data: dict, outside_ok: bool):
+        self.given, self.path, self.data, self.outside_ok = given, path, data, outside_ok
+        self.outside: set[str] = set()  # the file names that lead outside the folder (allowed)
 
     def fail(self, key: str, message: str):
         raise DataError(f"{self.given}: {key}: {message}")
@@ -184,11 +224,19 @@ class _Declaration:
         return names
 
     def data_file(self, key: str, value) -> str:
+        folder = self.path.parent
         if not isinstance(value, str) or not value.strip():
-            self.fail(key, f"expected a file name relative to {self.path.parent}, got {value!r}")
-        if not (self.path.parent / value).is_file():
-            self.fail(key, f"file {value} not found in {self.path.parent}")
-        return value.strip()
+            self.fail(key, f"expected a file name relative to {folder}, got {value!r}")
+        value = value.strip()
+        if not (folder / value).resolve().is_relative_to(folder.resolve()):  # links followed: where it really is
+            if not self.outside_ok:
+                self.fail(key, f"{value} is outside the task file's folder {folder} (links followed): a task file "
+                          f"may name only files in its folder or below; move the data there, or pass {OUTSIDE_HINT} "
+                          "if you trust this task file")  # fmt: skip
+            self.outside.add(value)
+        if not (folder / value).is_file():
+            self.fail(key, f"file {value} not found in {folder}")
+        return value
 
     def source(self, key: str, value, split_field: str) -> Source:
         if isinstance(value, dict):
@@ -292,13 +340,13 @@ def load_task_file(given: str) -> TaskSpec:
     if not path.is_file():
         raise DataError(f"{given}: task file not found (data.task names a built-in task or a .yaml file)")
     st = path.stat()
-    return _load(given, str(path.resolve()), st.st_mtime_ns, st.st_size)
+    return _load(given, str(path.resolve()), st.st_mtime_ns, st.st_size, _OUTSIDE_ALLOWED.get())
 
 
 @functools.lru_cache(maxsize=32)
-def _load(given: str, path_s: str, _mtime: int, _size: int) -> TaskSpec:
+def _load(given: str, path_s: str, _mtime: int, _size: int, outside_ok: bool) -> TaskSpec:
     path = Path(path_s)
-    d = _Declaration(given, path, _read_yaml(given, path))
+    d = _Declaration(given, path, _read_yaml(given, path), outside_ok)
     text_fields = d.names("text_fields", 1, 2)
     labels = d.names("labels", 2, 1000)
     split_field = d.get("split_field", str, "")
@@ -320,7 +368,7 @@ def _load(given: str, path_s: str, _mtime: int, _size: int) -> TaskSpec:
     files = UserFiles(
         given, str(path.parent), FORMATS.get("." + d.get("format", str, "").lower().lstrip("."), ""), text_fields,
         d.names("label_field", 1, 1)[0], d.label_map(labels), split_field, d.source("test", d.data["test"], split_field),
-        pool, fixed, d.templates(text_fields, len(labels)),
+        pool, fixed, d.templates(text_fields, len(labels)), frozenset(d.outside),
     )  # fmt: skip
     if d.data.get("format") and not files.fmt:
         d.fail("format", f"{d.data['format']!r}: choose from {', '.join(FORMATS.values())}")

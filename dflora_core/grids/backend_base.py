@@ -6,6 +6,7 @@ grid's runs, ``GridBar``) and a run's thread count. docs/scale-out.md.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -20,6 +21,7 @@ from ..models.sizing import SHARE_VARIABLE
 BACKENDS = ("inprocess", "local", "ray")
 SHARED_FS = ("auto", "yes", "no")
 LOG = "run.log"  # a run's own output (local processes, Ray tasks), in its folder
+CONNECT_TIMEOUT = 30.0  # s: a cluster that answers joins in seconds; Ray itself would retry for minutes
 
 
 @dataclass
@@ -34,6 +36,19 @@ class BackendSpec:
     shared_fs: Literal[SHARED_FS] = "auto"  # ray: workers see the root (yes), not (no: folders come back), auto = probe
     max_retries: int = 3  # ray: retries of a run whose worker process died (Ray's max_retries)
     scratch: str | None = None  # ray without a shared root: the workers' run folders; empty = a temporary folder
+    connect_timeout: float = CONNECT_TIMEOUT  # ray with an address: seconds to reach the cluster, then a one-line error
+
+
+def split_address(address: str) -> tuple[str, int] | None:
+    """(host, port) of a cluster address ``HOST:PORT`` (``[v6]:PORT`` too), None for ``auto``; ValueError else."""
+    if address.strip() == "auto":
+        return None
+    host, _, port = address.strip().rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    bad_host = not host or any(c.isspace() or c in "/@" for c in host)  # ray://...: Ray Client, not a cluster's head
+    if bad_host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not HOST:PORT (the head's address, e.g. 10.0.0.5:6379) or auto")
+    return host, int(port)
 
 
 def check_backend(spec: BackendSpec, prefix: str = "backend.") -> BackendSpec:
@@ -48,8 +63,14 @@ def check_backend(spec: BackendSpec, prefix: str = "backend.") -> BackendSpec:
     need(spec.cpus_per_run is None or spec.cpus_per_run > 0, "cpus_per_run", "must be > 0 or empty")
     need(spec.gpus_per_run >= 0, "gpus_per_run", f"must be >= 0, got {spec.gpus_per_run}")
     need(spec.max_retries >= 0, "max_retries", f"must be >= 0, got {spec.max_retries}")
+    need(0 < spec.connect_timeout < math.inf, "connect_timeout", f"must be > 0 seconds, got {spec.connect_timeout}")
+    try:
+        split_address(spec.address) if spec.address else None
+    except ValueError as err:
+        need(False, "address", str(err))
     ray_only = {"address": spec.address, "cpus_per_run": spec.cpus_per_run, "scratch": spec.scratch,
-                "gpus_per_run": spec.gpus_per_run or None, "shared_fs": None if spec.shared_fs == "auto" else 1}  # fmt: skip
+                "gpus_per_run": spec.gpus_per_run or None, "shared_fs": None if spec.shared_fs == "auto" else 1,
+                "connect_timeout": None if spec.connect_timeout == CONNECT_TIMEOUT else 1}  # fmt: skip
     for name, value in ray_only.items():
         need(value is None or spec.name == "ray", name, "is a setting of the ray backend")
     return spec

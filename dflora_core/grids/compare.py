@@ -33,15 +33,18 @@ only what is missing.
 
 from __future__ import annotations
 
+import signal
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .. import methods
 from ..config import _merge, _nest, from_dict, load_run_settings, parse_assignments
+from ..data.user_task import add_outside_flag
 from ..errors import DfloraError
 from ..reports.tables import VS_CAPTION, comparison_table, frame, to_markdown
 from ..results.record import RunRecord
-from .backend_base import BACKENDS, BackendSpec, GridBar, check_backend, stderr_line
+from .backend_base import BACKENDS, CONNECT_TIMEOUT, BackendSpec, GridBar, check_backend, stderr_line
 from .backends import execute
 from .grid import finished_run, run_grid
 
@@ -203,7 +206,23 @@ def compare(
 
 
 # -- command line ---------------------------------------------------------------------------------
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM ends a grid like Ctrl-C: its runs stop at their last checkpoint
+
+
 def _cmd(args) -> int:
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _compare_cmd(args)
+    except KeyboardInterrupt:
+        print("interrupted; the same command again runs only what is missing (finished runs are kept, "
+              "interrupted ones resume from their checkpoint)", file=sys.stderr)  # fmt: skip
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _compare_cmd(args) -> int:
     try:
         seeds = [int(s) for s in _split(args.seeds)]
     except ValueError:
@@ -214,6 +233,8 @@ def _cmd(args) -> int:
     sets = list(args.set or [])
     if args.device:
         sets.append(f"model.device={args.device}")
+    if args.allow_task_files_outside:  # every run carries the permission to its worker
+        sets.append("data.allow_task_files_outside=true")
     out = compare(
         _split(args.tasks),
         _split(args.methods),
@@ -252,6 +273,7 @@ def backend_of(args) -> BackendSpec:
             gpus_per_run=args.gpus_per_run,
             shared_fs="no" if args.no_shared_fs else "auto",
             max_retries=args.max_retries,
+            connect_timeout=args.connect_timeout,
         ),
         prefix="--",
     )
@@ -277,7 +299,10 @@ def add_arguments(p) -> None:
     p.add_argument("--gpus-per-run", type=float, default=0.0, help="ray: GPUs per run; fractions share a GPU")
     p.add_argument("--no-shared-fs", action="store_true", help="ray: workers do not see --root (folders come back)")
     p.add_argument("--max-retries", type=int, default=3, help="ray: retries of a run whose worker died")
+    p.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT, metavar="SECONDS",
+                   help=f"ray --address: give up joining the cluster after this long (default {CONNECT_TIMEOUT:g})")  # fmt: skip
     p.add_argument("--table-only", action="store_true", help="run nothing: the table of the runs already recorded")
+    add_outside_flag(p)
     p.add_argument("--vs", default=None, metavar="METHOD",
                    help="add per task the paired difference to METHOD over seeds: mean, 95%% t interval, wins")  # fmt: skip
     p.set_defaults(fn=_cmd)

@@ -10,6 +10,7 @@ version's hash (``identity.identity_aliases``) or by their record's configuratio
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,19 @@ from ..results.record import RunFolder, RunRecord
 from ..runner import run, same_run
 
 
+def task_folder(task: str) -> str:
+    """The task's part of a run folder: its name, or a task file's path as given, which must stay below the
+    root: an absolute path or one leading up becomes the file's name and a hash of the path."""
+    path = Path(task)
+    if not path.is_absolute() and ".." not in path.parts:
+        return task
+    return f"{path.stem}-{hashlib.sha256(task.encode()).hexdigest()[:10]}{path.suffix}"
+
+
 def run_dir(root: str | Path, cfg: RunConfig) -> Path:
     """The folder a new run of ``cfg`` is written to."""
     model = Path(cfg.model.name).name.replace(".gguf", "")
-    return Path(root) / cfg.data.task / cfg.method / model / f"seed{cfg.seed}-{identity(cfg)}"
+    return Path(root) / task_folder(cfg.data.task) / cfg.method / model / f"seed{cfg.seed}-{identity(cfg)}"
 
 
 def find_run(root: str | Path, cfg: RunConfig) -> Path:

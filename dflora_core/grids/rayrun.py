@@ -4,6 +4,11 @@ Imported only when the ray backend is chosen (``backends.execute``), so nothing 
 Ray. Without an address it starts a local instance sized to this machine and reachable from
 this machine only; with one it joins that cluster (docs/scale-out.md):
 
+- joining: the address is checked first (``HOST:PORT`` answers on TCP), then a probe process
+  joins within ``connect_timeout`` (Ray itself retries for minutes, deaf to SIGTERM while it
+  waits), and only then this process; a grid waits on its tasks a second at a time, so SIGINT
+  and SIGTERM end it (its queued and running tasks are cancelled);
+
 - local instance: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` before Ray is imported (Ray's
   local-only mode: the node's address is the loopback one, so GCS, raylet, workers and agents
   listen on 127.0.0.1 only), ``RAY_USAGE_STATS_ENABLED=0``, no dashboard, no metrics port;
@@ -21,17 +26,22 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import secrets
 import shutil
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
+import threading
 import traceback
 from pathlib import Path
 
 from ..errors import DfloraError
 from ..fileio import atomic_write_bytes
 from ..results.record import RECORD, RunFolder
-from .backend_base import LOG, BackendSpec, Pending, Report, run_environment, run_threads
+from .backend_base import LOG, BackendSpec, Pending, Report, run_environment, run_threads, split_address
 from .grid import run_dir, run_grid
 
 # set before Ray is first imported: no usage report; a local instance on the loopback address only
@@ -53,15 +63,79 @@ def import_ray(local: bool):
     return ray
 
 
+# joins in a process of its own, given ``timeout`` seconds once Ray is imported; exit 0 joined, 3 timed out, 4 refused
+_PROBE = r"""
+import os, sys, threading
+import ray
+address, timeout, out = sys.argv[1], float(sys.argv[2]), {}
+def join():
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level="error")
+        ray.shutdown()
+        out["ok"] = True
+    except BaseException as err:
+        out["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+thread = threading.Thread(target=join, daemon=True)
+thread.start()
+thread.join(timeout)
+if "error" in out:
+    print(out["error"], file=sys.stderr, flush=True)
+os._exit(0 if "ok" in out else 4 if "error" in out else 3)  # a join still waiting is not waited for
+"""
+_GLOG = re.compile(r"^\[[^\]]*\]\s*(\S+:\d+:\s*)?")  # Ray's C++ log prefix: [time level pid tid] file:line:
+IMPORT_ALLOWANCE = 120.0  # s for the probe's Python and Ray to start, beyond connect_timeout (a loaded machine)
+
+
+def _last_said(stderr) -> str:
+    lines = [_GLOG.sub("", ln).strip() for ln in (stderr or b"").decode(errors="replace").splitlines()]
+    lines = [ln for ln in lines if ln]
+    return lines[-1][:300] if lines else ""
+
+
+def reach(address: str, timeout: float) -> None:
+    """Check that a Ray cluster at ``address`` can be joined within ``timeout`` s; one-line DfloraErrors."""
+    where = split_address(address)
+    if where is not None:  # a TCP answer first: the clearest message for a wrong host or port
+        try:
+            socket.create_connection(where, timeout=timeout).close()
+        except OSError as err:
+            why = err.strerror or str(err) or type(err).__name__
+            raise DfloraError(f"--address {address}: nothing answers there ({why}); is the cluster's head "
+                              f"running (ray start --head --port {where[1]})?") from None  # fmt: skip
+    try:
+        probe = subprocess.run([sys.executable, "-c", _PROBE, address, str(timeout)], stdin=subprocess.DEVNULL,
+                               capture_output=True, timeout=timeout + IMPORT_ALLOWANCE, env=dict(os.environ))  # fmt: skip
+        code, said = probe.returncode, _last_said(probe.stderr)
+    except subprocess.TimeoutExpired as err:
+        code, said = 3, _last_said(err.stderr)
+    if code == 3:
+        raise DfloraError(f"--address {address}: no Ray cluster answered within {timeout:g} s (--connect-timeout)"
+                          + (f"; Ray's last word: {said}" if said else ""))  # fmt: skip
+    if code != 0:
+        raise DfloraError(f"--address {address}: cannot join the Ray cluster ({said or f'exit {code}'})")
+
+
 def connect(spec: BackendSpec):
     """(ray, whether this call started the instance). A Ray already initialised in this process is used as is."""
+    if spec.address and not ("ray" in sys.modules and sys.modules["ray"].is_initialized()):
+        reach(spec.address, spec.connect_timeout)  # before Ray is imported here: a bad address fails sooner
     ray = import_ray(local=spec.address is None)
     if ray.is_initialized():
         return ray, False
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        return ray, _init(ray, spec)
+    finally:
+        if previous is not None:  # ray.init installs its own SIGTERM handler (sys.exit): the command's own is kept
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _init(ray, spec: BackendSpec) -> bool:
     quiet = {"log_to_driver": False, "logging_level": "error"}  # a run's output goes to its run.log
     if spec.address:
         ray.init(address=spec.address, **quiet)
-        return ray, True
+        return True
     import torch
 
     attempt = 0
@@ -70,7 +144,7 @@ def connect(spec: BackendSpec):
             ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), num_gpus=torch.cuda.device_count(),
                      include_dashboard=False, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
                      object_store_memory=OBJECT_STORE_BYTES, **quiet)  # fmt: skip
-            return ray, True
+            return True
         except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception when its node starts too slowly
             ray.shutdown()  # what did start
             attempt += 1
@@ -116,7 +190,7 @@ def run_on_ray(pending: list[Pending], root: Path, spec: BackendSpec, report: Re
             refs[task.options(**opts).remote(payload)] = run
         report.bar.set_running(min(len(refs), held))
         while refs:
-            ready, _ = ray.wait(list(refs), num_returns=1)
+            ready, _ = ray.wait(list(refs), num_returns=1, timeout=1.0)  # a second at a time: signals get through
             for ref in ready:
                 run = refs.pop(ref)
                 try:

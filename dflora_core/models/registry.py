@@ -59,7 +59,8 @@ def _load_folder(folder: Path, gguf_file: str | None = None, masked: bool | None
             )
         cls = AutoModelForMaskedLM if masked else AutoModelForCausalLM
         tok = AutoTokenizer.from_pretrained(folder, **kwargs)
-        model = cls.from_pretrained(folder, dtype=torch.float32, **kwargs)
+        # never a pickle: without a GGUF file transformers may read safetensors weights only (_check_weights)
+        model = cls.from_pretrained(folder, dtype=torch.float32, **(kwargs or {"use_safetensors": True}))
     except (OSError, ValueError, KeyError, SafetensorError) as err:  # SafetensorError: a damaged weights file
         raise ModelError(f"model {folder}: cannot load it with transformers ({str(err).splitlines()[0]})") from err
     except RuntimeError as err:  # transformers' loading report: tensors that do not fit config.json
@@ -69,18 +70,51 @@ def _load_folder(folder: Path, gguf_file: str | None = None, masked: bool | None
 
 
 _PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+SAFE_WEIGHTS, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"  # what transformers looks for
+
+
+def _weight_files(folder: Path) -> list[str]:
+    """The weight files transformers reads from ``folder``, in its own order of preference: config.json's
+    ``transformers_weights``, else ``model.safetensors``, else the index and the shards it names."""
+    try:
+        explicit = json.loads((folder / "config.json").read_text()).get("transformers_weights")
+    except (OSError, ValueError, AttributeError):
+        explicit = None  # an unreadable config.json: transformers refuses the folder itself
+    first = explicit if isinstance(explicit, str) else next(
+        (n for n in (SAFE_WEIGHTS, SAFE_INDEX) if (folder / n).is_file()), None)  # fmt: skip
+    if first is None or not first.endswith(".index.json"):
+        return [first] if first else []
+    try:
+        shards = json.loads((folder / first).read_text())["weight_map"].values()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ModelError(f"model {folder}: {first} is not a weights index ({type(err).__name__})") from None
+    return [first, *sorted({str(s) for s in shards})]
 
 
 def _check_weights(folder: Path) -> None:
-    """Refuse a folder without safetensors weights before transformers sees it: pickle weights
-    (``pytorch_model.bin``) can run code when loaded, so they are never read."""
-    if any(folder.glob("*.safetensors")):
+    """Refuse a folder whose weights transformers would not read from safetensors files: pickle weights
+    (``pytorch_model.bin``, a sharded ``.bin`` index) can run code when loaded, so they are never read,
+    even beside a decoy ``*.safetensors`` that is not one transformers loads."""
+    files = _weight_files(folder)
+    for name in files:
+        path = (folder / name).resolve()
+        if not name.endswith((".safetensors", ".safetensors.index.json")) or path.parent != folder.resolve():
+            raise ModelError(f"model {folder}: it names {name} as weights (config.json or {SAFE_INDEX}), not a "
+                             "safetensors file beside config.json; dflora loads only safetensors or GGUF weights, "
+                             "since pickle files can run code when loaded")  # fmt: skip
+        if not path.is_file():
+            raise ModelError(f"model {folder}: {name} is missing (named by {files[0]})")
+    if files:
         return
     pickles = sorted(p.name for pattern in _PICKLE_WEIGHTS for p in folder.glob(pattern))
+    others = sorted(p.name for p in folder.glob("*.safetensors"))
     found = f"it has only pickle weights ({', '.join(pickles[:3])})" if pickles else "it has no weights"
+    if others:  # safetensors files transformers would not read: it would read the pickle ones instead
+        found += (f" for transformers ({', '.join(others[:3])} is not {SAFE_WEIGHTS} or {SAFE_INDEX}, the "
+                  "safetensors files transformers loads)")  # fmt: skip
     raise ModelError(
         f"model {folder}: {found}; dflora loads only safetensors or GGUF weights, since pickle files can "
-        "run code when loaded: convert them to model.safetensors or pass a .gguf file"
+        f"run code when loaded: convert them to {SAFE_WEIGHTS} or pass a .gguf file"
     )
 
 
@@ -114,7 +148,8 @@ TINY_OBTAIN = "built in: random weights from a small config, made on the fly (no
 # a model that is not registered: weights already on disk, given by path
 LOCAL_OBTAIN = (
     "weights already on disk: --model /path/to/folder (a Hugging Face folder: config.json, tokenizer, "
-    "*.safetensors or *.bin) or --model /path/to/model.gguf"
+    "model.safetensors or a sharded model.safetensors.index.json; pickle .bin weights are refused) "
+    "or --model /path/to/model.gguf"
 )
 
 REGISTRY: dict[str, ModelEntry] = {

@@ -260,10 +260,15 @@ class RunFolder:
 def load_record(path: str | Path) -> RunRecord:
     """The record of a run folder (or of a record.json path)."""
     p = Path(path)
-    folder = RunFolder(p if p.is_dir() else p.parent)
+    folder = RunFolder(p.parent if p.name == RECORD and not p.is_dir() else p)
     rec = folder.read()
-    if rec is None:
-        raise DfloraError(f"{folder.record_path}: no run record")
+    if rec is None:  # name the folder the user gave, and what is missing in it
+        where = folder.path
+        if not where.exists():
+            raise DfloraError(f"{where}: no such run folder")
+        if not where.is_dir():
+            raise DfloraError(f"{where}: not a folder (give a run folder, the one with {RECORD})")
+        raise DfloraError(f"{where}: no {RECORD} in this folder (not a run folder, or its run has not started)")
     return rec
 
 

@@ -24,9 +24,8 @@ from ..lowrank.build import build_adapter, measure_scales
 from ..methods import RunContext, is_layerwise_lora
 from ..models.registry import LoadedModel
 from ..seeds import generator
+from .adapter_file import ADAPTER, Z_ARRAYS, read_adapter
 from .loop import LayerwiseSearch
-
-ADAPTER = "adapter.npz"
 
 
 def unsearched_layers(search: LayerwiseSearch) -> list[int]:
@@ -159,20 +158,23 @@ def load_adapted(
     Call ``adapter.remove()`` to get the original model back.
     """
     run_dir = Path(run_dir)
+    if which not in Z_ARRAYS:
+        raise DfloraError(f"which {which!r}: choose from {', '.join(Z_ARRAYS)}")
     record = read_json(run_dir / "record.json")
     if not is_layerwise_lora(record.get("method", "")):
         raise DfloraError(f"{run_dir}: method {record.get('method')} has no low-rank adapter to rebuild")
-    with np.load(run_dir / ADAPTER, allow_pickle=False) as arrays:
-        if which not in arrays:
-            raise DfloraError(f"{run_dir}/{ADAPTER} has no {which!r}; choose from {list(arrays)}")
-        z = arrays[which]
-        key = "label_bias" if which == "z_best_dev" else "label_bias_final"
-        bias = arrays[key] if key in arrays else None
+    arrays = read_adapter(run_dir, record)  # checked: numbers, finite, the record's shapes
+    z = arrays[which]
+    bias = arrays.get("label_bias" if which == "z_best_dev" else "label_bias_final")
     cfg = config_from_record(record["config"])
     exp = Experiment.prepare(cfg, loaded)
     info = record["projection"]
     scales = dict(zip(info["model_layers"], info["layer_std"], strict=True)) if info["layer_std"] else None
     adapter = build_adapter(exp.loaded, cfg.lowrank, info["seed"], info["sigma"], scales, info.get("seed_scheme", 1))
+    if z.shape != (adapter.num_layers, adapter.dim):  # the record's projection disagrees with its own config
+        adapter.remove()
+        raise DfloraError(f"{run_dir}/record.json: its config builds {adapter.num_layers} x {adapter.dim} z vectors, "
+                          f"its projection and {ADAPTER} say {list(z.shape)}; the record was edited")  # fmt: skip
     for layer in range(adapter.num_layers):
         adapter.set_z(layer, z[layer])
     if bias is not None:  # a calibrated search: its label bias belongs to the tuned model

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..baselines.prompt_tuning import insert_prompt, prompt_experiment
@@ -32,7 +31,8 @@ from ..methods import is_layerwise_lora, names
 from ..models.registry import LoadedModel
 from ..models.scoring import EncodedSet
 from ..results.record import RunRecord, load_record
-from ..search.method import ADAPTER, load_adapted
+from ..search.adapter_file import ADAPTER, read_adapter
+from ..search.method import load_adapted
 
 PROMPT_METHODS = ("bbt", "bbtv2")
 WHICH = ("z_best_dev", "z_final")
@@ -76,6 +76,11 @@ class Tuned:
         self.close()
 
 
+def has_adapter(method: str) -> bool:
+    """Whether a finished run of ``method`` keeps learned vectors in ``adapter.npz``."""
+    return is_layerwise_lora(method) or method in PROMPT_METHODS
+
+
 def finished_record(run_dir: str | Path) -> RunRecord:
     rec = load_record(run_dir)
     if not rec.done:
@@ -100,14 +105,16 @@ def load_tuned(run_dir: str | Path, which: str = "z_best_dev", loaded: LoadedMod
     if is_layerwise_lora(rec.method):
         exp, adapter = load_adapted(folder, which, loaded)
         return Tuned(folder, rec, exp, adapter, which=which)
+    z = None if rec.method == "zeroshot" else read_adapter(folder, rec)[which]  # checked before any model loads
     exp = Experiment.prepare(config_from_record(rec.config), loaded)
-    if rec.method == "zeroshot":
+    if z is None:
         return Tuned(folder, rec, exp)
     exp_p, adapter = prompt_experiment(exp)
     try:
         adapter.set_scales(rec["projection"]["layer_std"])  # as stored (prompt_experiment measured the same)
-        with np.load(folder / ADAPTER, allow_pickle=False) as arrays:
-            z = arrays[which]
+        if z.shape != (adapter.num_layers, adapter.dim):
+            raise DfloraError(f"{folder}/record.json: its config builds {adapter.num_layers} x {adapter.dim} prompt "
+                              f"vectors, its projection and {ADAPTER} say {list(z.shape)}; the record was edited")  # fmt: skip
         for layer in range(adapter.num_layers):
             adapter.set_z(layer, z[layer])
         bias = rec.get("label_bias") if which == "z_best_dev" else None

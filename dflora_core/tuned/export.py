@@ -14,18 +14,22 @@
 
 Every export writes ``dflora_classifier.json`` beside it (``tuned.classifier.classifier_card``):
 template, verbalizer, label token ids and, for a calibrated search, the label bias that PEFT and
-transformers cannot express (add it to the verbalizer logits).
+transformers cannot express (add it to the verbalizer logits). The files are written into a hidden
+sibling folder that is renamed to ``--out`` when complete: a full disk leaves no partial export.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from transformers.pytorch_utils import Conv1D
 
+from ..data.user_task import add_outside_flag
 from ..errors import DfloraError
 from ..fileio import atomic_write_json
 from ..lowrank.patching import LowRankWrapper
@@ -150,13 +154,56 @@ def prompt_tensors(tuned: Tuned) -> tuple[dict[str, torch.Tensor], dict[str, str
     return tensors, meta
 
 
-def _fresh(out: Path, force: bool) -> None:
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse a taken ``--out`` before anything is loaded (nothing is replaced until the export is complete)."""
     taken = out.is_file() or (out.is_dir() and any(out.iterdir()))
     if taken and not force:
         raise DfloraError(f"--out {out} exists and is not empty; choose another folder or pass --force")
-    if taken:
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+
+
+def _staging(out: Path) -> Path:
+    """A new hidden folder beside ``out`` to write the export into (renamed to ``out`` when complete)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as err:
+        raise DfloraError(f"--out {out}: cannot write there ({err.strerror or err})") from None
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700 folders; an export is meant to be shared
+    return staging
+
+
+def _into_place(staging: Path, out: Path) -> None:
+    """``staging`` renamed to ``out``; what ``out`` held (--force) is set aside first and removed after."""
+    old = None
+    if out.is_file() or (out.is_dir() and any(out.iterdir())):
+        old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+        os.replace(out, old)
+    try:
+        os.replace(staging, out)  # onto a missing or empty folder: atomic
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def _write(tuned: Tuned, fmt: str, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    if fmt == "peft":
+        config, tensors = peft_files(tuned)
+        save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+        atomic_write_json(folder / "adapter_config.json", config)
+    elif fmt == "merged":
+        model, state = merged_state(tuned)
+        model.save_pretrained(folder, state_dict=state)
+        tuned.exp.loaded.tokenizer.save_pretrained(folder)
+    else:
+        tensors, meta = prompt_tensors(tuned)
+        save_file(tensors, str(folder / PROMPTS), metadata=meta)
 
 
 def _check_format(rec, fmt: str) -> None:
@@ -173,30 +220,34 @@ def _check_format(rec, fmt: str) -> None:
 
 def export(run_dir: str | Path, fmt: str, out: str | Path, which: str = "z_best_dev", force: bool = False,
            loaded=None) -> dict:  # fmt: skip
-    """Write the export of a finished run to ``out`` (a folder); returns what was written."""
-    from safetensors.torch import save_file
+    """Write the export of a finished run to ``out`` (a folder); returns what was written.
+
+    The files are written into a hidden sibling folder that becomes ``out`` only when complete: a
+    failure (a full disk) removes it, and ``out`` is as it was (so the same command can be retried).
+    """
+    from safetensors import SafetensorError
 
     rec = finished_record(run_dir)
     _check_format(rec, fmt)
     out = Path(out)
+    _check_out(out, force)
     tuned = load_tuned(run_dir, which, loaded, what="export")
+    staging = None
     try:
         card = classifier_card(tuned)
-        _fresh(out, force)
-        if fmt == "peft":
-            config, tensors = peft_files(tuned)
-            save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
-            atomic_write_json(out / "adapter_config.json", config)
-        elif fmt == "merged":
-            model, state = merged_state(tuned)
-            model.save_pretrained(out, state_dict=state)
-            tuned.exp.loaded.tokenizer.save_pretrained(out)
-        else:
-            tensors, meta = prompt_tensors(tuned)
-            save_file(tensors, str(out / PROMPTS), metadata=meta)
+        staging = _staging(out)
+        _write(tuned, fmt, staging)
+        tuned.close()
+        atomic_write_json(staging / CARD, card)
+        _into_place(staging, out)
+    except (OSError, SafetensorError) as err:  # the disk, not the run: said in one line
+        why = getattr(err, "strerror", None) or str(err).splitlines()[0]
+        raise DfloraError(f"--out {out}: the export failed ({why}); the partial export was removed, "
+                          f"{'nothing was written' if not out.exists() else f'{out} is as it was'}") from None  # fmt: skip
     finally:
         tuned.close()
-    atomic_write_json(out / CARD, card)
+        if staging is not None and staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     files = sorted(p.name for p in out.iterdir())
     bias = card["label_bias"] is not None
     note = (f"the label bias of the calibrated search is not part of the {fmt} format: it is in {CARD}, "
@@ -211,6 +262,7 @@ def add_arguments(p) -> None:
     p.add_argument("--which", default="z_best_dev", help="z_best_dev (what the record's test scored) or z_final")
     p.add_argument("--force", action="store_true", help="replace what --out holds")
     p.add_argument("--json", action="store_true")
+    add_outside_flag(p)  # the run's task file (dflora.cli grants it for the command)
     p.set_defaults(fn=_cmd)
 
 

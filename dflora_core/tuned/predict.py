@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..data import Example, get_task, load_test
+from ..data.user_task import add_outside_flag
 from ..environment import git_commit, package_versions
 from ..errors import DfloraError
 from ..experiment import _examples_digest
@@ -165,6 +166,7 @@ def _common(p) -> None:
     p.add_argument("--run", required=True, help="a finished run folder")
     p.add_argument("--which", default="z_best_dev", help="z_best_dev (what the record's test scored) or z_final")
     p.add_argument("--json", action="store_true")
+    add_outside_flag(p)  # the run's task file, or --task's (dflora.cli grants it for the command)
 
 
 def add_predict(p) -> None:

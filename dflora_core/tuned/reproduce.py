@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import experiment
+from ..data.user_task import add_outside_flag
 from ..environment import git_commit, package_versions
 from ..errors import DfloraError
 from ..identity import config_from_record
-from ..search.method import ADAPTER
-from .classifier import finished_record
+from ..search.adapter_file import ADAPTER, read_adapter
+from .classifier import finished_record, has_adapter
 
 # the fields compared: the measured numbers of a run (dotted paths into the record)
 COMPARED = (
@@ -62,22 +63,22 @@ def field_differences(old, new) -> list[dict]:
     return out
 
 
-def z_differences(old_dir: Path, new_dir: Path) -> list[dict]:
-    """The learned vectors of ``adapter.npz`` that differ (shape or values)."""
-    if not (old_dir / ADAPTER).is_file():
+def z_differences(recorded: dict[str, np.ndarray] | None, new_dir: Path) -> list[dict]:
+    """The learned vectors of ``adapter.npz`` that differ (shape or values); ``recorded``: the run's, checked."""
+    if recorded is None:
         return []
     if not (new_dir / ADAPTER).is_file():
         return [{"field": f"{ADAPTER}", "record": "present", "rerun": MISSING}]
     out = []
-    with np.load(old_dir / ADAPTER, allow_pickle=False) as a, np.load(new_dir / ADAPTER, allow_pickle=False) as b:
-        for key in a.files:
+    with np.load(new_dir / ADAPTER, allow_pickle=False) as b:
+        for key, a in recorded.items():
             if key not in b.files:
-                out.append({"field": f"{ADAPTER}:{key}", "record": list(a[key].shape), "rerun": MISSING})
-            elif a[key].shape != b[key].shape:
-                out.append({"field": f"{ADAPTER}:{key}", "record": list(a[key].shape), "rerun": list(b[key].shape)})
-            elif not np.array_equal(a[key], b[key]):
-                diff = float(np.max(np.abs(a[key].astype(np.float64) - b[key].astype(np.float64))))
-                out.append({"field": f"{ADAPTER}:{key}", "record": f"shape {list(a[key].shape)}",
+                out.append({"field": f"{ADAPTER}:{key}", "record": list(a.shape), "rerun": MISSING})
+            elif a.shape != b[key].shape:
+                out.append({"field": f"{ADAPTER}:{key}", "record": list(a.shape), "rerun": list(b[key].shape)})
+            elif not np.array_equal(a, b[key]):
+                diff = float(np.max(np.abs(a.astype(np.float64) - b[key].astype(np.float64))))
+                out.append({"field": f"{ADAPTER}:{key}", "record": f"shape {list(a.shape)}",
                             "rerun": f"max |difference| {diff:.3g}"})  # fmt: skip
     return out
 
@@ -124,13 +125,15 @@ def reproduce(run_dir: str | Path, scratch: str | Path | None = None, loaded=Non
 
     folder = Path(run_dir)
     old = finished_record(folder)
+    # the run's own vectors, checked before the rerun spends its time (a damaged folder fails in one line)
+    recorded = read_adapter(folder, old) if (folder / ADAPTER).exists() or has_adapter(old.method) else None
     cfg = config_from_record(old.config).replace(progress=False)
     where, temporary = _scratch(scratch)
     t0 = time.perf_counter()
     try:
         with _own_zero_shot_cache(where / "zeroshot-cache"):
             new = run(cfg, out=where / "run", loaded=loaded)
-        diffs = field_differences(old, new) + z_differences(folder, where / "run")
+        diffs = field_differences(old, new) + z_differences(recorded, where / "run")
     finally:
         if temporary:
             shutil.rmtree(where, ignore_errors=True)
@@ -163,6 +166,7 @@ def add_arguments(p) -> None:
     p.add_argument("run", help="a finished run folder (record.json)")
     p.add_argument("--scratch", default=None, help="a new folder for the rerun (kept); default a temporary one")
     p.add_argument("--json", action="store_true")
+    add_outside_flag(p)  # the run's task file (dflora.cli grants it for the command)
     p.set_defaults(fn=_cmd)
 
 
