@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PROFILE ?= quick
 STAMP := $(VENV)/.dflora-installed
 
-.PHONY: setup test test-fast test-cluster figures lab lint clean-runs gpu-pieces help
+.PHONY: setup test test-fast test-cluster test-gpu-paths figures lab lint clean-runs gpu-pieces help
 
 help:
 	@echo "make figures   run the notebook sequence headless (PROFILE=quick|paper|smoke), figures -> figures/"
@@ -35,6 +35,10 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest tests -m "not slow"
+
+# every method x tiny-gpt2/tiny-roberta x fp32/bf16 on the fake CUDA device (tests/test_fake_cuda.py; ~3 min)
+test-gpu-paths: setup
+	DFLORA_FULL_PRODUCT=1 $(BIN)/python -m pytest tests/test_fake_cuda.py
 
 # a two-node Ray cluster started as a user starts one (ray start), a grid joined by --address: ~2 min on 2 cores
 test-cluster: setup

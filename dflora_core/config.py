@@ -131,6 +131,10 @@ class BaselineConfig:
     zo_sparsity: float = 0.0  # sparsity-induced ZO (ZO-Bench): this fraction of each tensor, smallest magnitude first, is never perturbed
     es_population: int = 30  # es-full: perturbed members per step (Qiu et al. 2025: 30)
     es_sigma: float = 1e-3  # es-full: std of each member's Gaussian weight perturbation (Qiu et al. 2025: ~1e-3)
+    zo_pool: int = 8  # mezo-gv, mezo-greedy, fzoo: perturbed models scored per step, one call each (docs/baselines.md)
+    zo_guide_fraction: float = 0.5  # mezo-gv: the low- and high-loss groups, each this share of the pool (halves)
+    lozo_rank: int = 2  # lozo, lozo-m: rank r of each weight matrix's perturbation U V^T (LOZO paper: 2)
+    lozo_interval: int = 50  # lozo, lozo-m: steps one V is kept before it is redrawn (LOZO paper: nu = 50)
     prompt_tokens: int = 50  # BBT/BBTv2: 50 prompt vectors (Sun et al. 2022)
     prompt_dim: int = 500  # BBT/BBTv2 intrinsic dimension d per layer (Sun et al. 2022)
     prompt_alpha: float = 1.0  # prompt projection std = alpha std_hat / (sqrt(d) sigma); 1 as in BBT/BBTv2 code
@@ -466,6 +470,9 @@ def check_fields(cfg: RunConfig, num_layers: int | None = None) -> RunConfig:
     _check(0 <= b.zo_sparsity < 1, "baseline.zo_sparsity", f"must be in [0, 1) (0 = dense), got {b.zo_sparsity}")
     _check(b.es_population >= 2, "baseline.es_population", f"must be >= 2, got {b.es_population}")
     _check(b.es_sigma > 0 and math.isfinite(b.es_sigma), "baseline.es_sigma", f"must be > 0, got {b.es_sigma}")
+    _check(b.zo_pool >= 2, "baseline.zo_pool", f"must be >= 2, got {b.zo_pool}")
+    _check(0 < b.zo_guide_fraction <= 0.5, "baseline.zo_guide_fraction", f"must be in (0, 0.5], got {b.zo_guide_fraction}")
+    _check(b.lozo_rank >= 1 and b.lozo_interval >= 1, "baseline.lozo_rank", "lozo_rank and lozo_interval must be >= 1")
     _check(b.prompt_tokens >= 1, "baseline.prompt_tokens", f"must be >= 1, got {b.prompt_tokens}")
     _check(b.prompt_dim >= 1, "baseline.prompt_dim", f"must be >= 1, got {b.prompt_dim}")
     _check(b.prompt_alpha > 0 and math.isfinite(b.prompt_alpha), "baseline.prompt_alpha", "must be > 0")

@@ -127,6 +127,9 @@ def _check_zo(cfg: RunConfig, num_layers: int | None, model_type: str | None) ->
                 raise ConfigError(f"baseline.{name}", "es-full perturbs every weight at once (Qiu et al. 2025); "
                                   "its options are baseline.es_population, es_sigma and lr")  # fmt: skip
         return
+    if cfg.method in NEW_ZO and b.zo_hybrid_layers:
+        raise ConfigError("baseline.zo_hybrid_layers", f"{cfg.method} scores a pool of perturbed models per step; "
+                          "hybrid ZO/FO applies to the two-point methods (zo-sgd ...)")  # fmt: skip
     if not b.zo_hybrid_layers:
         return
     if cfg.method == "forward-grad":
@@ -196,7 +199,17 @@ _SPECS = (
         "(ZO-Bench; 5 forwards per step)"),
     _zo("es-full", "run_es_full", "evolution strategies on every weight: 30 seeded Gaussian members per step, "
         "rank-weighted sum (Qiu et al. 2025)", module="es"),
+    _zo("mezo-gv", "run_mezo_gv", "MeZO with a guiding vector: a pool of 8 perturbations, a two-point step along "
+        "mean(low-loss half) - mean(high-loss half) (arXiv 2601.04710; 10 forwards per step)", module="zo_pool"),
+    _zo("mezo-greedy", "run_mezo_greedy", "MeZO-Greedy: a two-point step along the best of a pool of 8 perturbations "
+        "(arXiv 2601.04710; 9 forwards per step)", module="zo_pool"),
+    _zo("fzoo", "run_fzoo", "FZOO: 8 Rademacher perturbations, one-sided differences, the step divided by the std of "
+        "the losses (arXiv 2506.09034; 9 forwards per step)", module="zo_pool"),
+    _zo("lozo", "run_lozo", "LOZO: two-point steps along low-rank perturbations U V^T of each weight matrix, V kept "
+        "50 steps (arXiv 2410.07698; 2 forwards per step)", module="zo_pool"),
+    _zo("lozo-m", "run_lozo_m", "LOZO-M: LOZO with momentum kept in factor form (arXiv 2410.07698)", module="zo_pool"),
 )  # fmt: skip
+NEW_ZO = ("mezo-gv", "mezo-greedy", "fzoo", "lozo", "lozo-m")  # several perturbed models per step (baselines/zo_pool.py)
 METHODS: dict[str, MethodSpec] = {s.name: s for s in _SPECS}
 
 

@@ -43,6 +43,9 @@ STREAMS: dict[str, int] = {
     "projection_study": 10,  # (): notebook 02's random steps
     "es_members": 11,  # (step, member): es-full's Gaussian perturbation of one population member
     "zo_mask": 12,  # (): the tie-breaking order of the sparse zeroth-order mask (equal magnitudes)
+    "zo_pool": 13,  # (step, member): one perturbation of a pool (mezo-gv, mezo-greedy, fzoo)
+    "lozo_u": 14,  # (step,): LOZO's per-step left factors U
+    "lozo_v": 15,  # (interval,): LOZO's right factors V, kept for lozo_interval steps
     "scale_calibration": 20,  # (adapted layer,): the trial steps of the projection-scale calibration
 }
 

@@ -73,7 +73,9 @@ class FakeCudaTensor(torch.Tensor):
             return f"FakeCuda({torch.Tensor.__repr__(self.as_subclass(torch.Tensor))})"
 
     def numpy(self, *a, **k):
-        raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor to host memory first.")
+        raise TypeError(
+            "can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor to host memory first."
+        )
 
 
 class FakeGenerator(torch.Generator):
@@ -107,7 +109,9 @@ def _copy(t: torch.Tensor) -> torch.Tensor:
 
 
 def _to_fake(x):
-    return tree_map(lambda t: FakeCudaTensor.wrap(t) if isinstance(t, torch.Tensor) and not isinstance(t, FakeCudaTensor) else t, x)
+    return tree_map(
+        lambda t: FakeCudaTensor.wrap(t) if isinstance(t, torch.Tensor) and not isinstance(t, FakeCudaTensor) else t, x
+    )
 
 
 _RANDOM = {torch.randn, torch.rand, torch.randint, torch.randperm, torch.normal, torch.bernoulli, torch.multinomial,
@@ -153,7 +157,11 @@ class FakeCuda(TorchFunctionMode):
             args[0].numpy()
         if func is torch.Tensor.to:
             return self._to(args, kwargs)
-        if func is torch.Tensor.copy_ and isinstance(args[0], FakeCudaTensor) and not isinstance(args[1], FakeCudaTensor):
+        if (
+            func is torch.Tensor.copy_
+            and isinstance(args[0], FakeCudaTensor)
+            and not isinstance(args[1], FakeCudaTensor)
+        ):
             self.h2d_copies += 1
         self._check_generator(func, args, kwargs)
         device = kwargs.get("device")

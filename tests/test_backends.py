@@ -77,8 +77,9 @@ def assert_same_runs(root_a: Path, root_b: Path, configs) -> None:
 def test_backend_settings_are_checked_in_one_line():
     check_backend(BackendSpec(name="ray", gpus_per_run=0.25, cpus_per_run=2))
     check_backend(BackendSpec(name="local", jobs=4))
+    check_backend(BackendSpec(name="local", jobs=0))  # 0: from the card (models/sizing.py)
     for spec, needle in [(BackendSpec(name="ray", jobs=2), "jobs"), (BackendSpec(name="local", gpus_per_run=1), "gpus_per_run"),
-                         (BackendSpec(name="local", jobs=0), "jobs"), (BackendSpec(name="ray", max_retries=-1), "max_retries"),
+                         (BackendSpec(name="local", jobs=-1), "jobs"), (BackendSpec(name="ray", jobs=0), "jobs"), (BackendSpec(name="ray", max_retries=-1), "max_retries"),
                          (BackendSpec(name="inprocess", address="h:1"), "address")]:  # fmt: skip
         with pytest.raises(ConfigError, match=needle):
             check_backend(spec)

@@ -103,7 +103,7 @@ def lab(chromium, workdir):
     root = workdir / "lab"
     (root / "prepared").mkdir(parents=True)
     shutil.copytree(notebook_runner.NOTEBOOK_DIR, root / "notebooks", ignore=shutil.ignore_patterns("*.ipynb"))
-    for name in ("02_projection_init", "03_training"):
+    for name in ("02_projection_init", "03_training", "06_zeroth_order"):
         _prepare(name, root / "prepared", workdir)
     state = workdir / "lab-state"
     env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # the suite's setting, not a user's
@@ -342,6 +342,37 @@ def test_notebook_02_sliders_render_and_redraw_the_figure(browser, lab):
     _hide_file_browser(page)
     figure.scroll_into_view_if_needed()
     _screenshot(page, "02_projection_init")
+    assert not browser.outside, f"the page requested addresses outside the lab server: {browser.outside[:5]}"
+    page.close()
+
+
+@pytest.mark.browser
+def test_notebook_06_budget_slider_redraws_the_estimators(browser, lab):
+    page = browser.open(lab, "prepared/06_zeroth_order.ipynb")
+    _kernel_ready(page, _project_kernel(), n_cells=10)
+    _menu(page, "Run", "runmenu:run-all")
+    _all_executed(page)
+    interact = page.locator(".widget-interact")
+    interact.wait_for()
+    labels = interact.locator(".widget-slider .widget-label").all_inner_texts()
+    assert [t.strip() for t in labels] == ["evaluations", "eps_scale"], labels
+    figure = interact.locator(".widget-output img")
+    figure.wait_for()
+    before = figure.get_attribute("src")
+    handle = interact.locator(".widget-slider", has=page.locator(".widget-label", has_text="evaluations")).locator(
+        ".noUi-handle")  # fmt: skip
+    handle.scroll_into_view_if_needed()
+    handle.focus()
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_function(
+        "([sel, old]) => { const i = document.querySelector(sel); return i && i.src !== old; }",
+        arg=[".widget-interact .widget-output img", before],
+        timeout=60_000,
+    )
+    assert not _cell_errors(page), _cell_errors(page)
+    _hide_file_browser(page)
+    figure.scroll_into_view_if_needed()
+    _screenshot(page, "06_zeroth_order")
     assert not browser.outside, f"the page requested addresses outside the lab server: {browser.outside[:5]}"
     page.close()
 

@@ -12,6 +12,7 @@ behind the ``slow`` marker.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,7 @@ def test_every_method_runs_on_cuda(method, model, variant, over, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("DFLORA_FULL_PRODUCT") != "1", reason="the full product: make test-gpu-paths")
 @pytest.mark.parametrize("model", ["tiny-gpt2", "tiny-roberta"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -123,7 +125,9 @@ def test_the_fixture_catches_a_planted_device_bug(bug, tmp_path, monkeypatch):
         from dflora_core.lowrank import projection
 
         real = projection.IntrinsicProjection.matrices
-        monkeypatch.setattr(projection.IntrinsicProjection, "matrices", lambda self, layer: [m.cpu() for m in real(self, layer)])
+        monkeypatch.setattr(
+            projection.IntrinsicProjection, "matrices", lambda self, layer: [m.cpu() for m in real(self, layer)]
+        )
         cfg = cuda_cfg("c-lora")
     else:  # the directions drawn on the device from a CPU generator
         from dflora_core.baselines import zeroth_order
@@ -206,7 +210,9 @@ def test_export_predict_and_evaluate_a_run_made_on_cuda(tmp_path, capsys):
 
 @pytest.mark.parametrize("kind", ["speed", "fidelity", "memory"])
 def test_bench_runs_on_cuda(kind, tmp_path):
-    model = "gpt2-tiny-shape" if kind == "memory" else "tiny-llama"  # memory: synthetic shapes (label ids of a real vocab)
+    model = (
+        "gpt2-tiny-shape" if kind == "memory" else "tiny-llama"
+    )  # memory: synthetic shapes (label ids of a real vocab)
     args = ["bench", kind, "--model", model, "--device", "cuda", "--out", str(tmp_path / "b.json"), "--quiet"]
     args += {"speed": ["--popsize", "4", "--reps", "1", "--shots", "4"], "fidelity": ["--popsize", "4", "--layers", "0"],
              "memory": ["--batch", "2", "--seq", "16", "--steps", "1", "--population", "4"]}[kind]  # fmt: skip
@@ -278,6 +284,12 @@ def test_the_token_budget_and_jobs_follow_the_memory_of_the_card():
     config = SimpleNamespace(hidden_size=576, intermediate_size=1536, num_attention_heads=9)
     weights = 540 * 2**20  # SmolLM2 in fp32
     h100, h200 = 80 * 2**30, 141 * 10**9
-    assert 1 <= sizing.jobs_per_gpu("smollm2", weights, config, h100) < sizing.jobs_per_gpu("smollm2", weights, config, h200)
-    small = SimpleNamespace(hidden_size=4096, intermediate_size=16384, num_attention_heads=32)  # a wide model: fewer runs
+    assert (
+        1
+        <= sizing.jobs_per_gpu("smollm2", weights, config, h100)
+        < sizing.jobs_per_gpu("smollm2", weights, config, h200)
+    )
+    small = SimpleNamespace(
+        hidden_size=4096, intermediate_size=16384, num_attention_heads=32
+    )  # a wide model: fewer runs
     assert sizing.jobs_per_gpu("other", 16 * 2**30, small, h100) < sizing.jobs_per_gpu("smollm2", weights, config, h100)

@@ -37,6 +37,7 @@ EXPECTED = {
         "table_cost.md",
         "table_cost.csv",
     ],
+    "06_zeroth_order": [f"{n}.{e}" for n in ("zo_quadratic", "zo_quadratic_losses", "zo_passes") for e in ("pdf", "png")],
 }
 COMMON_PARAMETERS = {"profile": "str", "interactive": "bool", "runs_root": "str", "figures_dir": "str"}
 

@@ -48,7 +48,13 @@ STEP_COST = {
     "zo-sgd-cons": (5, 0, 0),  # the two-point estimate, then L(theta), L(theta - lr e), L(theta + lr e)
     "forward-grad": (1, 0, 1),  # the jvp is the forward pass, carrying a tangent
     "es-full": (1, 0, 0),  # per population member: x baseline.es_population (step_passes)
+    "mezo-gv": (2, 0, 0),  # the two-point step along the guide, + baseline.zo_pool for the pool (step_passes)
+    "mezo-greedy": (1, 0, 0),  # the other side of the best perturbation, + the pool
+    "fzoo": (1, 0, 0),  # L(theta), + the pool of one-sided perturbations
+    "lozo": (2, 0, 0),
+    "lozo-m": (2, 0, 0),
 }
+POOL_COST = ("mezo-gv", "mezo-greedy", "fzoo")  # + baseline.zo_pool forwards per step
 SPSA_METHODS = ("zo-sgd", "zo-sgd-sign", "zo-adam", "zo-sgd-mmt", "zo-sgd-cons")  # two-point ZO estimates
 HYBRID_COST = (1, 1, 0)  # hybrid ZO/FO: + one forward and one backward of the batch for the top layers' gradient
 BACKWARD_COST = 2.0  # forward-pass equivalents of one backward pass ("compute" matching)
@@ -81,6 +87,8 @@ def step_passes(cfg: RunConfig) -> tuple[int, int, int]:
     f, b, j = STEP_COST[cfg.method]
     if cfg.method == "es-full":
         f *= cfg.baseline.es_population
+    if cfg.method in POOL_COST:
+        f += cfg.baseline.zo_pool
     if cfg.method in SPSA_METHODS and cfg.baseline.zo_hybrid_layers:
         f, b, j = f + HYBRID_COST[0], b + HYBRID_COST[1], j + HYBRID_COST[2]
     return f, b, j

@@ -5,6 +5,7 @@ float64; a 1-D ``x`` gives a Python float. ``shift`` moves the optimum: ``f(x - 
 so that a search started at the origin does not start at the optimum.
 
 - sphere:     sum x_i^2                                       min 0 at 0
+- ellipsoid:  sum c^((i-1)/(D-1)) x_i^2 (condition number c)  min 0 at 0: an ill-conditioned quadratic
 - rastrigin:  10 D + sum (x_i^2 - 10 cos(2 pi x_i))           min 0 at 0, ~10^D local minima
 - rosenbrock: sum 100 (x_{i+1} - x_i^2)^2 + (1 - x_i)^2       min 0 at (1, ..., 1)
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["sphere", "rastrigin", "rosenbrock", "FUNCTIONS"]
+__all__ = ["sphere", "ellipsoid", "rastrigin", "rosenbrock", "FUNCTIONS"]
 
 
 def _rows(x: np.ndarray, shift: np.ndarray | float | None) -> tuple[np.ndarray, bool]:
@@ -35,6 +36,14 @@ def sphere(x: np.ndarray, shift: np.ndarray | float | None = None) -> np.ndarray
     return _out(np.sum(z * z, axis=1), single)
 
 
+def ellipsoid(x: np.ndarray, shift: np.ndarray | float | None = None, condition: float = 100.0) -> np.ndarray | float:
+    """An ill-conditioned quadratic: axis i weighted c^((i-1)/(D-1)), so the curvatures span ``condition``."""
+    z, single = _rows(x, shift)
+    d = z.shape[1]
+    w = condition ** (np.arange(d) / max(1, d - 1))
+    return _out(np.sum(w * z * z, axis=1), single)
+
+
 def rastrigin(x: np.ndarray, shift: np.ndarray | float | None = None) -> np.ndarray | float:
     """Rastrigin (highly multimodal, separable)."""
     z, single = _rows(x, shift)
@@ -49,4 +58,4 @@ def rosenbrock(x: np.ndarray, shift: np.ndarray | float | None = None) -> np.nda
     return _out(np.sum(100.0 * (b - a * a) ** 2 + (1.0 - a) ** 2, axis=1), single)
 
 
-FUNCTIONS = {"sphere": sphere, "rastrigin": rastrigin, "rosenbrock": rosenbrock}
+FUNCTIONS = {"sphere": sphere, "ellipsoid": ellipsoid, "rastrigin": rastrigin, "rosenbrock": rosenbrock}
