@@ -56,7 +56,7 @@ from dflora_core import methods
 from dflora_core.grids import collect, plans
 from dflora_core.lab import analyses
 from dflora_core.notebook_params import open_profile
-from dflora_core.reports import comparison_figures, curves, statistics_figures, style, tables, training_figures
+from dflora_core.reports import budget, comparison_figures, curves, statistics_figures, style, tables, training_figures
 
 prof = open_profile(params)
 root, figdir = prof.path("runs_root"), prof.path("figures_dir")
@@ -151,6 +151,29 @@ for name, recs in collect.comparison_roots(prof):
         table(tables.layer_table(curves.layer_gains_by_arm(labelled)), f"table_{name}_layers",
               f"Where the calls went ({name}): train-loss decrease per call, calls and decrease by layer third",
               labelled)
+
+# %% [markdown]
+# ## The paper's budget on one task
+#
+# C-LoRA, F-LoRA and C-LoRA on calibrated logits at 6,000 calls on SST-2 (all 30 layers,
+# `results/paper-budget`, `benchmarks/grids/paper_budget.py`): the dev-selected snapshot's test
+# metric at 300 to 6,000 calls from the same runs, beside the peers as bands: gradient LoRA at 600
+# matched forward passes (`results/search-options`, part peers) and the calibrated zero-shot
+# (`results/zo-family`), and the paired differences to each at 600, 1,200 and 6,000 calls
+# (mean [95% t interval] seeds won; the same seeds, split and 300-sentence test sample).
+
+# %%
+roots = dict(collect.comparison_roots(prof))
+budget_arms = roots.get("paper-budget", [])
+budget_peers = [r for r in roots.get("search-options", []) if budget.arm_of(r) == "lora"]
+budget_peers += [r for r in roots.get("zo-family", []) if r["method"] == "zeroshot-calibrated"]
+if budget_arms:
+    save(budget.budget_figure(budget_arms, budget_peers, prof.name, "test metric against calls to 6,000 (SST-2)"),
+         "calls_paper-budget")  # fmt: skip
+    table(budget.budget_table(budget_arms, budget_peers, ["lora", "zeroshot-calibrated"]), "table_paper-budget_paired",
+          "The paper's budget: test x 100 mean (std) over seeds at 600, 1,200 and 6,000 calls; paired difference to "
+          "gradient LoRA (600 passes) and to the calibrated zero-shot: mean [95% t] seeds won; wall time and "
+          "evaluations per second of the whole run", budget_arms + budget_peers)  # fmt: skip
 
 # %% [markdown]
 # ## Ablations (Figures 3, 4 and Tables 4, 6)

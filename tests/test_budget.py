@@ -1,0 +1,35 @@
+"""The paper-budget figure and paired table (reports/budget.py) from records: points at test_at calls, peers as
+bands, paired differences over the seeds both sides ran."""
+
+import pytest
+
+from dflora_core.reports import budget
+
+
+def rec(method, seed, curve=None, test=None, label=None, wall=100.0, speed=2.0):
+    return {"method": method, "seed": seed, "task": "sst2", "config": {"model": {"name": "smollm2"}, "method": method,
+            "search": {"dev_rule": "periodic+final", "budget": 6000},
+            "lowrank": {"layers": None}, "optim": {"popsize": 20}}, "tags": {"label": label or method},
+            "test_curve": [{"at": c, "value": v} for c, v in (curve or {}).items()],
+            "test": {"value": test, "name": "GLUE validation (872) (subsample 300 of 872, seed 0)"},
+            "wall_s": wall, "evals_per_s": speed}  # fmt: skip
+
+
+def test_the_paired_table_and_the_figure_from_records():
+    arms = [rec("c-lora", s, {600: 0.70 + d, 1200: 0.75 + d, 6000: 0.82 + d}) for s, d in ((13, 0.0), (42, 0.02), (100, 0.01))]
+    peers = [rec("lora", s, test=0.80) for s in (13, 42, 100)] + [rec("zeroshot-calibrated", 13, test=0.72)]
+    table = budget.budget_table(arms, peers, ["lora", "zeroshot-calibrated"])
+    row = table.loc[("c-lora", 6000)]
+    assert row["seeds"] == 3 and row["test"].startswith("83.0")
+    assert row["vs lora"].startswith("+3.0 [") and row["vs lora"].endswith("3/3")
+    assert row["vs zeroshot-calibrated"] == "+10.0 1/1"  # one paired seed: no interval
+    assert table.loc[("c-lora", 600)]["vs lora"].endswith("0/3") and row["evaluations/s"] == "2.00"
+    fig = budget.budget_figure(arms, peers, "quick")
+    assert fig.axes[0].get_xscale() == "log"
+
+
+def test_an_arm_without_curves_gives_an_empty_table():
+    assert budget.budget_table([rec("c-lora", 13)], [], ["lora"]).empty
+    assert budget.budget_figure([], [], "quick") is not None
+    with pytest.raises(KeyError):
+        budget.arm_of({})
