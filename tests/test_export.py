@@ -205,7 +205,8 @@ def test_a_run_that_selected_its_start_exports_the_start_in_both_formats(tiny_ru
 
     assert main(["export", "--run", str(run), "--format", "peft", "--out", str(tmp_path / "peft")]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == (
-        "the run selected its start (z = 0): the adapter is zero (PEFT adds nothing to the base model)")
+        "the run selected its start (z = 0): the adapter is zero (PEFT adds nothing to the base model)"
+    )
     config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     assert config["target_modules"] and all(".self_attn." in m for m in config["target_modules"])
     through_peft = peft.PeftModel.from_pretrained(base, str(tmp_path / "peft")).eval()
@@ -213,7 +214,8 @@ def test_a_run_that_selected_its_start_exports_the_start_in_both_formats(tiny_ru
 
     assert main(["export", "--run", str(run), "--format", "merged", "--out", str(tmp_path / "merged")]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == (
-        "the run selected its start (z = 0): the merged model is the base model unchanged")
+        "the run selected its start (z = 0): the merged model is the base model unchanged"
+    )
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
     assert torch.equal(lm_class_logits(merged, data, ids), plain)
     assert export(run, "peft", tmp_path / "again")["selected_start"] is True

@@ -238,8 +238,11 @@ def test_the_round_check_agrees_with_what_the_run_does(tmp_path, loaded):
     from dflora_core.methods import validate
 
     one_round = 6 * 3  # popsize 6, tiny-llama's 3 layers
-    with pytest.warns(DfloraWarning, match=rf"{one_round} calls give 2 of the 3 adapted layers .*"
-                                           rf"1 call for the start.*{one_round + 1} calls reach every layer"):
+    with pytest.warns(
+        DfloraWarning,
+        match=rf"{one_round} calls give 2 of the 3 adapted layers .*"
+        rf"1 call for the start.*{one_round + 1} calls reach every layer",
+    ):
         short = run(cfg(**{"search.budget": one_round}), out=tmp_path / "short", loaded=loaded)
     assert short["unsearched_layers"] == [2]
     with warnings.catch_warnings():
