@@ -262,12 +262,10 @@ def from_dict(data: dict[str, Any] | None) -> RunConfig:
 
 
 def task_shots(task: str) -> int:
-    """The examples per class a run of ``task`` uses unless told otherwise: a task file's ``shots:`` key
-    (docs/tasks.md; small datasets need fewer), else the default 16."""
+    """A run's examples per class unless told: a task file's ``shots:`` (docs/tasks.md), else the default 16."""
     from .data.tasks import get_task, is_task_file
 
-    default = DataConfig.shots
-    return (get_task(task).shots or default) if is_task_file(task) else default
+    return (get_task(task).shots or DataConfig.shots) if is_task_file(task) else DataConfig.shots
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any
 from .config import RunConfig, check_fields
 from .errors import ConfigError, DfloraError, DfloraWarning
 from .fileio import atomic_save_npz, atomic_write_json
-from .identity import IDENTITY_VERSION, identity_fields, upgrade_fields
+from .identity import IDENTITY_VERSION, IGNORED_FIELDS, identity_fields, upgrade_fields
 from .statefile import load_state, save_state
 
 FAMILIES = {
@@ -55,6 +55,11 @@ class MethodSpec:
     validate: Callable[[RunConfig, int | None, str | None], None] | None = None  # rules beyond the fields
     searches: bool = True  # spends search.budget; False: nothing is tuned or only fitted in closed form
     differentiable: bool = False  # needs a differentiable loss (ce or hinge)
+
+    @property
+    def ignores(self) -> tuple[str, ...]:
+        """The config fields this method never reads, left out of its run identity (``identity.IGNORED_FIELDS``)."""
+        return IGNORED_FIELDS.get(self.name, ())
 
 
 # -- method-specific rules (fields alone are checked by config.check_fields) --------------------------
