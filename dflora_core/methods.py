@@ -76,8 +76,9 @@ def _one_round(cfg: RunConfig, adapted: int, what: str) -> None:
     and the check says so in one line before any model is loaded, as the run says at its end."""
     start, per_layer = calls_before_search(cfg)
     before = start + per_layer * adapted
-    popsize, visits, budget = cfg.optim.popsize, cfg.search.generations_per_visit, cfg.search.budget
-    generations = max(0, budget - before) // popsize  # round-robin: bottom to top, ``visits`` per layer
+    popsize, budget = cfg.optim.popsize, cfg.search.budget
+    visits = cfg.search.generations_per_visit if cfg.search.schedule == "round-robin" else 1  # bandit: once each first
+    generations = max(0, budget - before) // popsize  # the first round: bottom to top, ``visits`` per layer
     reached = min(adapted, -(-generations // visits))
     need = before + popsize * (visits * (adapted - 1) + 1)  # the first generation of the top layer
     if reached == adapted:
