@@ -90,7 +90,7 @@ def _one_round(cfg: RunConfig, adapted: int, what: str) -> None:
             f"{need} calls reach every layer")  # fmt: skip
     if budget < popsize * adapted + per_layer * adapted:  # less than one round (and its calibration)
         raise ConfigError("search.budget", text)
-    warnings.warn(DfloraWarning(f"search.budget: {text}"), stacklevel=3)
+    warnings.warn(DfloraWarning(f"search.budget: {text}"), stacklevel=1)  # here: once per process, however checked
 
 
 def _patchable(cfg: RunConfig, model_type: str | None) -> None:
