@@ -29,6 +29,7 @@ RUN_FLAGS: dict[str, str] = {
     "--intrinsic-dim": "lowrank.intrinsic_dim",
     "--alpha": "lowrank.alpha",
     "--targets": "lowrank.targets",
+    "--layers": "lowrank.layers",
     "--init": "lowrank.projection_init",
     "--stat-source": "lowrank.stat_source",
     "--acceptance": "search.acceptance",
@@ -38,6 +39,8 @@ RUN_FLAGS: dict[str, str] = {
     "--device": "model.device",
     "--dtype": "model.dtype",
 }
+# what a zero-shot score depends on: the prompt, the model and the test set (no search, no split)
+ZEROSHOT_FLAGS = ("--task", "--model", "--max-test", "--device", "--dtype")
 
 
 def build_config(args) -> RunConfig:  # noqa: F821 - string annotation, imported lazily
@@ -220,11 +223,13 @@ def cmd_config(args) -> int:
     return 0
 
 
-def _add_run_flags(p: argparse.ArgumentParser) -> None:
+def _add_run_flags(p: argparse.ArgumentParser, flags=tuple(RUN_FLAGS), progress: bool = True) -> None:
+    """``flags`` (of RUN_FLAGS) with their config help, ``--config``, ``--set`` and (``progress``) ``--no-progress``."""
     from .config import field_help
     from .data.user_task import add_outside_flag
 
-    for flag, path in RUN_FLAGS.items():
+    for flag in flags:
+        path = RUN_FLAGS[flag]
         p.add_argument(flag, default=None, metavar=path.rsplit(".", 1)[-1].upper(), help=field_help(path))
     p.add_argument("--config", help="a YAML profile (e.g. configs/paper.yaml); flags override it")
     p.add_argument(
@@ -233,7 +238,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="any config field, e.g. search.acceptance=released",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if progress:
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_outside_flag(p)
 
 
@@ -250,7 +256,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_methods)
     p = sub.add_parser("zeroshot", help="manual-prompt (zero-shot) test score")
-    _add_run_flags(p)
+    _add_run_flags(p, ZEROSHOT_FLAGS, progress=False)  # the run-only flags would do nothing here
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_zeroshot)
     p = sub.add_parser("run", help="run one method and write DIR/record.json")
@@ -299,7 +305,12 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
     import warnings
+
+    # waiting OpenMP threads sleep instead of spinning, as in the notebook kernels and the grids' run processes:
+    # beside other jobs on a 2-core CPU spinning made the README's own-data example 5x slower (134 s against 24 s)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch first runs in parallel: before that
 
     from .errors import DfloraWarning
 

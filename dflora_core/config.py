@@ -41,7 +41,7 @@ Target = Literal[TARGET_LETTERS]
 @dataclass
 class DataConfig:
     task: str = "sst2"  # one of `dflora tasks`
-    shots: int = 16  # examples per class in train, and again in dev (paper: 16)
+    shots: int = 16  # examples per class in train, and again in dev (paper: 16; a task file's shots: when not given)
     split_source: Literal[SPLIT_SOURCES] = "auto"  # "pool" (seeded sample), "fixed" (shipped 16-shot split), auto = task default
     max_test: int | None = None  # stratified test subsample for quick runs; None = the whole test set
     max_length: int = 512  # longer prompts get their text shortened (the paper drops inputs > 512 tokens)
@@ -61,7 +61,7 @@ class ModelConfig:
 @dataclass
 class LowRankConfig:
     targets: tuple[Target, ...] = ("q", "k")  # the paper's code adapts W_q and W_k (Appendix D)
-    layers: tuple[int, ...] | None = None  # adapted layers (negative = from the top); None = all (paper)
+    layers: tuple[int, ...] | None = None  # adapted layers, comma-separated (negative = from the top: --layers=-2,-1); None = all (paper)
     rank: int = 4  # paper: 2 or 4
     intrinsic_dim: int = 500  # d per layer; paper: 500 to 1,600
     projection_init: Literal[INITS] = "ril"  # hidden-state based init (paper default); "ri" or "released" for ablations
@@ -164,8 +164,12 @@ class RunConfig:
         return json.loads(json.dumps(asdict(self)))
 
     def replace(self, **changes) -> RunConfig:
-        """A copy with dotted-path changes, e.g. replace(**{"search.budget": 200})."""
-        return from_dict(_merge(self.to_dict(), _nest(changes)))
+        """A copy with dotted-path changes, e.g. replace(**{"search.budget": 200}). Shots that were the old
+        task's default follow a new ``data.task`` to its default (``task_shots``) unless changed too."""
+        base = self.to_dict()
+        if "data.task" in changes and "data.shots" not in changes and self.data.shots == task_shots(self.data.task):
+            del base["data"]["shots"]
+        return from_dict(_merge(base, _nest(changes)))
 
 
 # -- dict <-> dataclass ----------------------------------------------------------------
@@ -254,8 +258,19 @@ def _build(cls, data: dict, prefix: str = ""):
 
 
 def from_dict(data: dict[str, Any] | None) -> RunConfig:
-    """A RunConfig from a nested dict (unknown keys are errors); missing keys keep their defaults."""
-    return _build(RunConfig, data or {})
+    """A RunConfig from a nested dict (unknown keys are errors); missing keys keep their defaults, but for
+    ``data.shots``, which a task file may state (``task_shots``): the run then records the shots it used."""
+    cfg = _build(RunConfig, data or {})
+    if "shots" not in (data or {}).get("data", {}):
+        cfg.data.shots = task_shots(cfg.data.task)
+    return cfg
+
+
+def task_shots(task: str) -> int:
+    """A run's examples per class unless told: a task file's ``shots:`` (docs/tasks.md), else the default 16."""
+    from .data.tasks import get_task, is_task_file
+
+    return (get_task(task).shots or DataConfig.shots) if is_task_file(task) else DataConfig.shots
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

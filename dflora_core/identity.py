@@ -11,6 +11,11 @@ when a stored config is read, and the identity version is bumped, so
 - a run of the new default never reuses an old run's folder (their fields differ),
 - an old run is still found by the hash its folder was named with (``identity_aliases``), and
 - an old record reads as what it was (``search.dev_rule = "periodic"``), whatever the defaults now.
+
+A method's identity also leaves out the fields it never reads (``IGNORED_FIELDS``, version 3): the
+zero-shot arms do not search, so another ``search.budget`` is the same zero-shot run, found and reused.
+Folders named by an earlier version, whose hash held those fields, are found by that hash (an alias) or
+by their records, whose identity is computed by the same rule.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 from .config import RunConfig, flatten, from_dict
 
-IDENTITY_VERSION = 2  # 2: search.dev_rule (2026-12-07); 1: the committed folders before it
+IDENTITY_VERSION = 3  # 3: fields a method ignores left out; 2: search.dev_rule (2026-12-07); 1: the folders before
 # the same run with or without: a progress bar, the user's permission for task files to name files outside their folder
 NOT_IDENTITY = ("progress", "data.allow_task_files_outside")
 # field -> what a stored config without that key meant (the code's behaviour before the field existed)
@@ -30,6 +35,22 @@ LEGACY_VALUES: dict[str, Any] = {"search.dev_rule": "periodic"}
 
 def _defaults() -> dict[str, Any]:
     return flatten(RunConfig().to_dict())
+
+
+def _sections(*sections: str, but: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Every field of the config ``sections`` (dotted paths), except ``but``."""
+    return tuple(k for k in _defaults() if k.split(".")[0] in sections and k not in but)
+
+
+# method -> the config fields its runner never reads (the methods table's rows, by name: identity sits below it).
+# The prompt-only arms neither search nor adapt: budget, optimizer, low-rank and peer settings change nothing.
+IGNORED_FIELDS: dict[str, tuple[str, ...]] = {
+    "zeroshot": _sections("lowrank", "optim", "search", "baseline"),
+    "zeroshot-calibrated": _sections("lowrank", "optim", "search", "baseline", but=("baseline.calibration",)),
+    "icl": _sections("lowrank", "optim", "search", "baseline", but=("baseline.icl_shots", "baseline.icl_context")),
+    # random z from the start distribution: the projections (lowrank, optim.sigma) and the draws, no search
+    "no-opt": _sections("optim", "search", "baseline", but=("optim.sigma", "baseline.init_draws")),
+}
 
 
 def with_legacy_values(config: dict[str, Any]) -> dict[str, Any]:
@@ -53,10 +74,16 @@ def config_from_record(config: dict[str, Any]) -> RunConfig:
     return from_dict(data)
 
 
-def identity_fields(cfg: RunConfig) -> dict[str, Any]:
-    """The fields that make this run what it is: those differing from the defaults (dotted paths)."""
+def _changed(cfg: RunConfig) -> dict[str, Any]:
+    """The fields differing from the defaults (dotted paths): a run's identity up to version 2."""
     values, defaults = flatten(cfg.to_dict()), _defaults()
     return {k: v for k, v in sorted(values.items()) if k not in NOT_IDENTITY and defaults.get(k, object()) != v}
+
+
+def identity_fields(cfg: RunConfig) -> dict[str, Any]:
+    """The fields that make this run what it is: those differing from the defaults that its method reads."""
+    ignored = IGNORED_FIELDS.get(cfg.method, ())
+    return {k: v for k, v in _changed(cfg).items() if k not in ignored}
 
 
 def _hash(version: int, fields: dict[str, Any]) -> str:
@@ -70,22 +97,28 @@ def identity(cfg: RunConfig) -> str:
 
 
 def identity_aliases(cfg: RunConfig) -> list[str]:
-    """The hashes earlier identity versions gave this run (its folder may be named by one of them).
+    """The hashes earlier identity versions gave this run, newest first (its folder may be named by one).
 
-    Version 1 knew no ``LEGACY_VALUES`` field: only a config holding every legacy value was a
-    version-1 run, and its version-1 fields are the others.
+    Versions 1 and 2 hashed every field that differs from the defaults, ignored or not (so a zero-shot
+    run's alias holds the budget it was launched with; another budget's folder is found by its record).
+    Version 1 knew no ``LEGACY_VALUES`` field: only a config holding every legacy value was a version-1
+    run, and its version-1 fields are the others.
     """
-    fields = identity_fields(cfg)
+    fields = _changed(cfg)
+    out = [_hash(2, fields)]
     values = flatten(cfg.to_dict())
-    if any(values.get(path) != value for path, value in LEGACY_VALUES.items()):
-        return []
-    return [_hash(1, {k: v for k, v in fields.items() if k not in LEGACY_VALUES})]
+    if all(values.get(path) == value for path, value in LEGACY_VALUES.items()):
+        out.append(_hash(1, {k: v for k, v in fields.items() if k not in LEGACY_VALUES}))
+    return out
 
 
 def upgrade_fields(fields: dict[str, Any], version: int | None) -> dict[str, Any]:
     """``identity_fields`` stored by an earlier version (a checkpoint) in this version's terms."""
-    if version is not None and version >= 2:
-        return dict(fields)
-    defaults = _defaults()
-    legacy = {k: v for k, v in LEGACY_VALUES.items() if defaults.get(k) != v}
-    return dict(sorted({**legacy, **fields}.items()))
+    out = dict(fields)
+    if version is None or version < 2:
+        defaults = _defaults()
+        out = {**{k: v for k, v in LEGACY_VALUES.items() if defaults.get(k) != v}, **out}
+    if version is None or version < 3:
+        ignored = IGNORED_FIELDS.get(out.get("method", RunConfig.method), ())
+        out = {k: v for k, v in out.items() if k not in ignored}
+    return dict(sorted(out.items()))

@@ -20,15 +20,16 @@ import contextlib
 import importlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, check_fields
-from .errors import ConfigError, DfloraError
+from .errors import ConfigError, DfloraError, DfloraWarning
 from .fileio import atomic_save_npz, atomic_write_json
-from .identity import IDENTITY_VERSION, identity_fields, upgrade_fields
+from .identity import IDENTITY_VERSION, IGNORED_FIELDS, identity_fields, upgrade_fields
 from .statefile import load_state, save_state
 
 FAMILIES = {
@@ -55,16 +56,41 @@ class MethodSpec:
     searches: bool = True  # spends search.budget; False: nothing is tuned or only fitted in closed form
     differentiable: bool = False  # needs a differentiable loss (ce or hinge)
 
+    @property
+    def ignores(self) -> tuple[str, ...]:
+        """The config fields this method never reads, left out of its run identity (``identity.IGNORED_FIELDS``)."""
+        return IGNORED_FIELDS.get(self.name, ())
+
 
 # -- method-specific rules (fields alone are checked by config.check_fields) --------------------------
+def calls_before_search(cfg: RunConfig) -> tuple[int, int]:
+    """(calls, calls per adapted layer) a layer-wise search spends before its first generation: the start's
+    score (z = 0, the elitist reference: search/loop.py ``start``) and the fitness calibration of the scales."""
+    calibration = 2 * len(cfg.lowrank.calibration_factors) if cfg.lowrank.scale_calibration == "fitness" else 0
+    return int(cfg.search.acceptance == "elitist"), calibration
+
+
 def _one_round(cfg: RunConfig, adapted: int, what: str) -> None:
-    one_round = cfg.optim.popsize * adapted
-    if cfg.search.budget < one_round:
-        raise ConfigError(
-            "search.budget",
-            f"{cfg.search.budget} calls is less than one round of {what} over {adapted} layers "
-            f"(popsize {cfg.optim.popsize} x {adapted} = {one_round})",
-        )
+    """Every adapted layer gets a generation: below one round of generations it is an error; a budget that
+    pays one round but not the calls before it (the start, a calibration) leaves the top layer(s) unsearched,
+    and the check says so in one line before any model is loaded, as the run says at its end."""
+    start, per_layer = calls_before_search(cfg)
+    before = start + per_layer * adapted
+    popsize, budget = cfg.optim.popsize, cfg.search.budget
+    visits = cfg.search.generations_per_visit if cfg.search.schedule == "round-robin" else 1  # bandit: once each first
+    generations = max(0, budget - before) // popsize  # the first round: bottom to top, ``visits`` per layer
+    reached = min(adapted, -(-generations // visits))
+    need = before + popsize * (visits * (adapted - 1) + 1)  # the first generation of the top layer
+    if reached == adapted:
+        return
+    spent = (f"{start} call for the start" if start else "") + (" and " if start and per_layer else "") + (
+        f"{per_layer * adapted} for the fitness calibration" if per_layer else "")  # fmt: skip
+    text = (f"{budget} calls give {reached} of the {adapted} adapted layers of {what} a generation "
+            f"({spent + ', then ' if spent else ''}popsize {popsize} per generation); "
+            f"{need} calls reach every layer")  # fmt: skip
+    if budget < popsize * adapted + per_layer * adapted:  # less than one round (and its calibration)
+        raise ConfigError("search.budget", text)
+    warnings.warn(DfloraWarning(f"search.budget: {text}"), stacklevel=1)  # here: once per process, however checked
 
 
 def _patchable(cfg: RunConfig, model_type: str | None) -> None:
@@ -90,11 +116,6 @@ def _check_layerwise(cfg: RunConfig, num_layers: int | None, model_type: str | N
         layers = cfg.lowrank.layers
         adapted = num_layers if layers is None else len(layers)
         _one_round(cfg, adapted, cfg.method)
-        if cfg.lowrank.scale_calibration == "fitness":
-            calibration = 2 * len(cfg.lowrank.calibration_factors) * adapted
-            if cfg.search.budget < calibration + cfg.optim.popsize * adapted:
-                raise ConfigError("search.budget", f"{cfg.search.budget} calls cannot pay the fitness calibration "
-                                  f"({calibration} calls) and one round ({cfg.optim.popsize * adapted})")  # fmt: skip
 
 
 def _check_prompt_search(cfg: RunConfig, num_layers: int | None, model_type: str | None) -> None:

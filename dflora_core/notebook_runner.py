@@ -160,6 +160,15 @@ def run_notebook(source: Path, out_dir: Path, parameters: dict, stream=None, cwd
     return nb_path
 
 
+def _stamps(folder: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in folder.glob("*") if p.is_file()} if folder.is_dir() else {}
+
+
+def _written_since(folder: Path, stamps: dict[Path, int]) -> list[Path]:
+    """The files of ``folder`` written since ``stamps`` (new, or rewritten: every write replaces the file)."""
+    return sorted(p for p, ns in _stamps(folder).items() if stamps.get(p) != ns)
+
+
 def _kernel_environment() -> None:
     # a waiting OpenMP thread must not spin: on a shared 2-core machine spinning threads made
     # SmolLM2 ~5x slower with 2 threads (measured); passive waiting costs nothing when alone
@@ -380,11 +389,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  kernel -> {kernelspec()['name']}")
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
-    before = {p: p.stat().st_mtime for p in figures.glob("*")} if figures.is_dir() else {}
+    before = _stamps(figures)
     status = 0
     for i, src in enumerate(sources):
         print(f"[{i + 1}/{len(sources)}] {src.stem} ...", flush=True)
         t0 = time.perf_counter()
+        stamps = _stamps(figures)
         try:
             run_notebook(src, build, parameters)
         except KeyboardInterrupt:
@@ -400,13 +410,11 @@ def main(argv: list[str] | None = None) -> int:
             status = 1
             break
         timings[src.stem] = time.perf_counter() - t0
-        print(f"[{i + 1}/{len(sources)}] {src.stem} done in {timings[src.stem]:.0f} s", flush=True)
+        own = len(_written_since(figures, stamps))  # what the notebook itself says it wrote (05: "N files written")
+        print(f"[{i + 1}/{len(sources)}] {src.stem} done in {timings[src.stem]:.0f} s; {own} figure/table files "
+              "written", flush=True)  # fmt: skip
     total = time.perf_counter() - t_all
-    written = (
-        sorted(p for p in figures.glob("*") if p.is_file() and before.get(p) != p.stat().st_mtime)
-        if figures.is_dir()
-        else []
-    )
+    written = _written_since(figures, before)
     from .environment import machine_info
     from .fileio import atomic_write_json
 
@@ -422,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     print("\nwall time per notebook: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    print(f"total {total / 60:.1f} min; {len(written)} figure/table files written to {figures}")
+    print(f"total {total / 60:.1f} min; {len(written)} distinct figure/table files written to {figures} "
+          "(a file several notebooks write counts once)")  # fmt: skip
     if status == 0:
         print(json.dumps([str(p.relative_to(figures)) for p in written]) if len(written) < 40 else "")
     return status

@@ -61,6 +61,7 @@ from dflora_core.grids import collect, grid, plans
 from dflora_core.lab import live
 from dflora_core.notebook_params import open_profile
 from dflora_core.reports import comparison_figures, style, tables
+from dflora_core.reports.provenance import choice_text
 
 prof = open_profile(params)
 root, figdir = prof.path("runs_root"), prof.path("figures_dir")
@@ -99,13 +100,12 @@ noopt = collect.noopt_records(prof, records)
 # Test metric $\times 100$, mean (std) over seeds.
 
 # %%
-all_records = collect.profile_records(prof)
+all_records, shadowed = collect.profile_sources(prof)  # one copy per run: the one prof.prefer names
 main_recs = collect.main_records(prof, all_records)
 table, counts = tables.main_table(main_recs, prof.main.tasks)
 display(table)
-tables.write_table(
-    table, figdir, "table_main", f"Main comparison ({prof.label}): test metric x 100, mean (std) over seeds.", main_recs
-)
+caption = f"Main comparison ({prof.label}): test metric x 100, mean (std) over seeds."
+tables.write_table(table, figdir, "table_main", caption, main_recs, choice_text(prof.prefer, main_recs, shadowed))
 
 # %% [markdown]
 # ## Ablation tables

@@ -32,8 +32,13 @@
 # | `main_comparison` | the main table as bars | |
 # | `hidden_state_stats`, `projection_scale`, `projection_calibrated` | notebooks 01 and 02 | |
 # | `table_<folder>`, `convergence_<folder>` | each comparison grid in the profile's `extra_roots` (`dflora compare` runs, e.g. the committed `results/` folders) | Table 1 |
+# | `PROVENANCE.md` | the run folder behind every table cell and figure curve | |
 #
 # Figures are written as PDF and PNG with fixed metadata: the same records give the same bytes.
+# Where the profile's runs root and an extra root hold the same run, the profile's `prefer`
+# setting says which copy is shown (`committed`, the default: the extra root's, so the committed
+# figures are the same on every machine; `local`: this machine's); every footer says which, and
+# `PROVENANCE.md` lists the folders, with the copies not shown.
 
 # %%
 # ruff: noqa: E402 - the imports follow the parameter validation on purpose
@@ -55,25 +60,43 @@ from IPython.display import Markdown, display
 from dflora_core import methods
 from dflora_core.grids import collect, plans
 from dflora_core.lab import analyses
+from dflora_core.lab.profiles import REPO_ROOT
 from dflora_core.notebook_params import open_profile
-from dflora_core.reports import budget, comparison_figures, curves, statistics_figures, style, tables, training_figures
+from dflora_core.reports import (
+    budget,
+    comparison_figures,
+    curves,
+    provenance,
+    statistics_figures,
+    style,
+    tables,
+    training_figures,
+)
 
 prof = open_profile(params)
 root, figdir = prof.path("runs_root"), prof.path("figures_dir")
 fmt = {"formats": prof.figures.formats, "dpi": prof.figures.dpi}
-records = collect.profile_records(prof)
-print(f"{len(records)} records under {root}")
-written = []
+records, shadowed = collect.profile_sources(prof)  # one copy per run: the one prof.prefer names
+print(f"{len(records)} records under {root} and the extra roots (prefer: {prof.prefer}; {len(shadowed)} runs in both)")
+written, sources = [], []  # sources: (file, records, other source) for PROVENANCE.md
 
 
-def save(fig, name):
+def save(fig, name, recs=(), source=""):
+    """A figure whose footer says which copy of a run it shows (``recs``: its runs; ``source``: else)."""
+    recs = list(recs)
+    if recs:
+        style.extend_footer(fig, provenance.choice_text(prof.prefer, recs, shadowed))
+    sources.append((name, recs, source))
     written.extend(style.save(fig, figdir, name, **fmt))
     display(fig)
 
 
 def table(t, name, caption, recs=()):
-    """A table file whose footer says which dev rule its runs used (``recs``: the records behind it)."""
-    written.extend(tables.write_table(t, figdir, name, f"{caption} ({prof.label}).", recs))
+    """A table file whose footer says which dev rule its runs used and which copy of a run it shows."""
+    recs = list(recs)
+    sources.append((name, recs, ""))
+    note = provenance.choice_text(prof.prefer, recs, shadowed)
+    written.extend(tables.write_table(t, figdir, name, f"{caption} ({prof.label}).", recs, note))
     display(Markdown(f"**{caption}**"))
     display(t)
 
@@ -103,7 +126,7 @@ if missing:
     )
 
 # %%
-save(comparison_figures.main_comparison_figure(main_recs, prof.name), "main_comparison")
+save(comparison_figures.main_comparison_figure(main_recs, prof.name), "main_comparison", main_recs)
 
 # %% [markdown]
 # ## Convergence
@@ -113,12 +136,13 @@ save(comparison_figures.main_comparison_figure(main_recs, prof.name), "main_comp
 
 # %%
 dfo_main = [idx[p.key] for p in plans.main_plan(prof) if p.key in idx and methods.is_layerwise_lora(p.cfg.method)]
-save(training_figures.convergence_figure(dfo_main, prof.name, "convergence: main runs"), "convergence")
+save(training_figures.convergence_figure(dfo_main, prof.name, "convergence: main runs"), "convergence", dfo_main)
 plan_opt = plans.ablation_plan(prof, ["optimizer"])
 opt_recs = [idx[p.key] for p in plan_opt if p.key in idx]
 save(
     training_figures.convergence_figure(opt_recs, prof.name, "convergence: per-layer optimizer (ablation)"),
     "convergence_optimizer",
+    opt_recs,
 )
 
 # %% [markdown]
@@ -136,9 +160,10 @@ for name, recs in collect.comparison_roots(prof):
           f"([n seeds]: fewer than the fullest cell); zero-shot {zs}", recs)
     dfo = [r for r in recs if methods.is_layerwise_lora(r["method"])]
     if dfo:
-        save(training_figures.convergence_figure(dfo, prof.name, f"convergence: {name}"), f"convergence_{name}")
+        save(training_figures.convergence_figure(dfo, prof.name, f"convergence: {name}"), f"convergence_{name}", dfo)
     if any(r.get("test_curve") for r in recs):  # runs that took the test metric against calls
-        save(training_figures.calls_figure(recs, prof.name, f"test metric against calls: {name}"), f"calls_{name}")
+        save(training_figures.calls_figure(recs, prof.name, f"test metric against calls: {name}"), f"calls_{name}",
+             [r for r in recs if r.get("test_curve")])
     if any("scheme" in (r.get("tags") or {}) for r in recs):  # the zeroth-order benchmark's memory table
         table(tables.memory_table(recs), f"table_{name}_memory",
               f"{name}: methods x fine-tuning schemes, test x 100 mean (std) / largest peak memory", recs)
@@ -181,10 +206,11 @@ if budget_arms:
 # %%
 plan_abl = plans.ablation_plan(prof)
 frame = collect.study_frame(plan_abl, records)
-save(comparison_figures.dimension_figure(frame, records, prof.name), "subspace_dimension")
-save(comparison_figures.rank_figure(frame, records, prof.name), "rank")
-noopt = collect.noopt_records(prof, records)
 abl_recs = [idx[p.key] for p in plan_abl if p.key in idx]
+study_recs = {s: [idx[p.key] for p in plan_abl if p.key in idx and p.study == s] for s in plans.STUDIES}
+save(comparison_figures.dimension_figure(frame, records, prof.name), "subspace_dimension", study_recs["intrinsic_dim"])
+save(comparison_figures.rank_figure(frame, records, prof.name), "rank", study_recs["rank"])
+noopt = collect.noopt_records(prof, records)
 table(tables.init_table(frame, noopt), "table_init", "Initialisation (the paper's Table 4): test metric x 100",
       abl_recs + list(noopt))
 for study in ("rank", "intrinsic_dim", "targets", "optimizer"):
@@ -192,28 +218,31 @@ for study in ("rank", "intrinsic_dim", "targets", "optimizer"):
         tables.study_table(frame, study, plans.STUDY_TITLES[study]),
         f"table_{study}",
         f"Ablation: {plans.STUDY_TITLES[study]}: test metric x 100, mean (std) over seeds",
-        [idx[p.key] for p in plan_abl if p.key in idx and p.study == study],
+        study_recs[study],
     )
 
 # %% [markdown]
 # ## The analyses of notebooks 01 and 02
 
 # %%
-stats = analyses.load_analysis(root, "hidden_stats")
-if stats:
-    save(statistics_figures.hidden_stats_figure(stats), "hidden_state_stats")
-proj = analyses.load_analysis(root, "projection")
-if proj:
-    save(statistics_figures.projection_figure(proj), "projection_scale")
-calibrated = analyses.load_analysis(root, "projection_calibrated")
-if calibrated:
-    save(statistics_figures.projection_figure(calibrated), "projection_calibrated")
+for name, kind, figure in (("hidden_state_stats", "hidden_stats", statistics_figures.hidden_stats_figure),
+                           ("projection_scale", "projection", statistics_figures.projection_figure),
+                           ("projection_calibrated", "projection_calibrated", statistics_figures.projection_figure)):
+    analysis = analyses.load_analysis(root, kind)
+    if analysis:  # a frozen-model analysis of notebook 01/02, no run behind it
+        where = analyses.analysis_path(root, kind)
+        save(figure(analysis), name, source=f"The frozen-model analysis `{where.relative_to(root.parent)}`, no run.")
 for m in prof.training.methods:
     p = [x for x in plans.training_plan(prof) if x.cfg.method == m][0]
     if p.key in idx:
-        save(training_figures.record_training_figure(idx[p.key], prof.name), f"training_{m}")
+        save(training_figures.record_training_figure(idx[p.key], prof.name), f"training_{m}", [idx[p.key]])
+
+# %% [markdown]
+# ## Provenance: the run folder behind every table cell and figure curve
 
 # %%
+written.append(provenance.write_provenance(figdir, sources, prof.prefer, shadowed, REPO_ROOT))
+written = sorted(set(written))  # a file written twice is one file, as the runner counts it
 print(f"{len(written)} files written to {figdir}:")
 for p in written:
     print("  ", p.name)

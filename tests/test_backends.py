@@ -114,11 +114,12 @@ def test_compare_flags_of_another_backend_are_one_line_errors(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def local_grid(tmp_path_factory):
     """`dflora compare --jobs 2` in a fresh interpreter, which then tells whether Ray got imported. The grid
-    has a third run that fails: rs-lora cannot adapt layer 40 of a 2-layer model (known only in the run)."""
+    has a third run that fails: three label words for SST-2's two classes (known only when the run builds its
+    prompt; what the configuration check can see, e.g. a layer the model lacks, fails the grid up front)."""
     root = tmp_path_factory.mktemp("jobs2")
     argv = ["compare", "--tasks", "sst2", "--methods", "c-lora,f-lora,rs-lora", "--seeds", "13", "--model", "tiny-llama",
             "--budget", "24", "--max-test", "16", "--root", str(root), "--jobs", "2",
-            "--set", "rs-lora:lowrank.layers=[40]", *[a for s in SETS for a in ("--set", s)]]  # fmt: skip
+            "--set", "rs-lora:model.verbalizer=[bad,good,great]", *[a for s in SETS for a in ("--set", s)]]  # fmt: skip
     code = (
         "import json, sys\n"
         "from dflora_core.cli import main\n"
@@ -146,10 +147,16 @@ def test_a_failing_run_does_not_stop_the_others_locally(local_grid):
     root, report, table, err = local_grid
     assert report["code"] == 2  # the one-line error after the table
     [line] = [ln for ln in err.splitlines() if "run failed" in ln]
-    assert "rs-lora sst2 seed 13" in line and "lowrank.layers" in line and str(root) in line
+    assert "rs-lora sst2 seed 13" in line and "3 words given for sst2" in line and str(root) in line
     assert "| c-lora |" in table and "| f-lora |" in table and "| rs-lora |" not in table
     assert "1 run(s) failed" in err.splitlines()[-1]
     assert len(list(root.glob("**/record.json"))) == 2
+    # no folder without a record stays behind: the failed run's folder is gone, its log kept beside it
+    failed = root / "sst2" / "rs-lora" / "tiny-llama"
+    assert not [p for p in failed.iterdir() if p.is_dir()]
+    (log,) = failed.glob("seed13-*.failed.log")
+    assert "folder removed, nothing to resume" in line and str(log) in line and "3 words given" in log.read_text()
+    assert all((p / "record.json").is_file() for p in root.glob("sst2/*/tiny-llama/seed13-*") if p.is_dir())
 
 
 # -- Ray ------------------------------------------------------------------------------------------
@@ -228,12 +235,12 @@ def test_a_worker_killed_mid_run_is_retried_with_the_same_record(ray_instance, s
 def test_a_failing_ray_run_does_not_stop_the_others(ray_instance, tmp_path, capsys):
     from dflora_core.grids.backends import pending_runs
 
-    good, bad = build_configs(
-        ["sst2"], ["zeroshot", "c-lora"], [13], **{**KW, "sets": [*SETS, "c-lora:lowrank.layers=[40]"]}
-    )
+    good, bad = build_configs(["sst2"], ["zeroshot", "c-lora"], [13],
+                              **{**KW, "sets": [*SETS, "c-lora:model.verbalizer=[bad,good,great]"]})  # fmt: skip
     [failure] = execute_on_ray(tmp_path, [good, bad])
-    assert failure.run.cfg is bad and "lowrank.layers" in failure.error
-    assert str(find_run(tmp_path, bad)) in capsys.readouterr().err  # reported in one line with its folder
+    assert failure.run.cfg is bad and "3 words given" in failure.error
+    assert str(find_run(tmp_path, bad).parent) in capsys.readouterr().err  # reported in one line with where it ran
+    assert not find_run(tmp_path, bad).exists()  # nothing to resume: no folder without a record stays
     assert RunFolder(find_run(tmp_path, good)).finished() is not None
     assert [p.cfg for p in pending_runs([good, bad], tmp_path)] == [bad]  # a rerun runs only what is missing
 

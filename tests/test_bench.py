@@ -198,3 +198,30 @@ def test_synthetic_prompts_are_scored_where_the_family_scores():
         assert np.all(s.data.lengths >= 4)
     finally:
         s.adapter.remove()
+
+
+def test_speed_defaults_are_short_with_a_progress_line_per_strategy_and_pass(tmp_path, capsys):
+    """`dflora bench speed` as a new user runs it: the defaults (1 timed repetition, 2 one-by-one candidates,
+    no compile on a CPU), one line per strategy in the untimed and in the timed passes, an estimate of the
+    timed passes, and the expected time in --help."""
+    from dflora_core.bench.cli import SPEED_TIME
+    from dflora_core.bench.strategies import DEFAULT_STRATEGIES
+
+    out = tmp_path / "speed.json"
+    assert main(["bench", "speed", "--model", "tiny-llama", "--device", "cpu", "--shots", "4", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = list(DEFAULT_STRATEGIES["cpu"])
+    assert "compile" not in names
+    n = len(names)
+    for k, name in enumerate(names):
+        assert any(re.match(rf"\s+warm-up {k + 1}/{n} {re.escape(name)}\b", ln) for ln in lines), name
+    ran = [r["strategy"] for r in json.loads(out.read_text())["rows"] if r["reps"]]
+    for name in ran:
+        assert sum(bool(re.match(rf"\s+rep 1/1 {re.escape(name)}\s", ln)) for ln in lines) == 1, name
+    assert any(re.match(r"\s+timing 1 repetition of \d+ strategies: about \d+ s", ln) for ln in lines)
+    doc = json.loads(out.read_text())
+    assert doc["reps"] == 1 and {r["reps"] for r in doc["rows"] if r["evals_per_s"]} == {1}
+    with pytest.raises(SystemExit):
+        main(["bench", "speed", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert SPEED_TIME in help_text and "--reps" in help_text

@@ -11,7 +11,8 @@ import pytest
 
 from dflora_core.cli import main
 
-TINY = ["--model", "tiny-llama", "--device", "cpu", "--no-progress"]
+TINY_ZS = ["--model", "tiny-llama", "--device", "cpu"]  # zeroshot takes the flags a zero-shot score uses
+TINY = [*TINY_ZS, "--no-progress"]
 
 
 def test_tasks_lists_the_seven_tasks_with_official_test_sizes(capsys):
@@ -56,9 +57,21 @@ def test_run_writes_a_record_and_resume_reuses_it(tmp_path, capsys):
 
 
 def test_zeroshot_json(capsys):
-    assert main(["zeroshot", "--task", "mrpc", *TINY, "--max-test", "30", "--json"]) == 0
+    assert main(["zeroshot", "--task", "mrpc", *TINY_ZS, "--max-test", "30", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["metric"] == "f1" and out["n"] == 30 and not out["test_official"]
+
+
+def test_zeroshot_help_lists_only_the_flags_a_zero_shot_score_uses(capsys):
+    from dflora_core.cli import ZEROSHOT_FLAGS, make_parser
+
+    help_text = make_parser()._subparsers._group_actions[0].choices["zeroshot"].format_help()
+    for flag in ("--budget", "--popsize", "--rank", "--seed", "--shots", "--no-progress", "--acceptance"):
+        assert flag not in help_text, flag
+    assert all(flag in help_text for flag in ZEROSHOT_FLAGS)
+    with pytest.raises(SystemExit):  # a run-only flag is refused, not silently ignored
+        main(["zeroshot", "--task", "sst2", "--budget", "10"])
+    assert "unrecognized arguments: --budget" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -95,7 +108,7 @@ def test_unreadable_data_row_names_file_and_line(tmp_path):
     bad.write_text("\n".join(lines) + "\n")
     env = {**os.environ, "DFLORA_DATA": str(copy)}
     proc = subprocess.run(
-        [sys.executable, "-m", "dflora_core", "zeroshot", "--task", "rte", *TINY],
+        [sys.executable, "-m", "dflora_core", "zeroshot", "--task", "rte", *TINY_ZS],
         capture_output=True,
         text=True,
         env=env,

@@ -20,9 +20,9 @@ def test_parse_sets_and_build_configs():
         "c-lora": {"lowrank.layers": [-2, -1]},
         "bbt": {"baseline.lr": None},
     }
-    cfgs = build_configs(["sst2", "rte"], ["zeroshot", "c-lora"], [13, 42], model="tiny-llama", budget=24,
+    cfgs = build_configs(["sst2", "rte"], ["zeroshot", "c-lora"], [13, 42], model="tiny-llama", budget=41,
                          max_test=16, sets=["c-lora:lowrank.layers=[-2,-1]"])  # fmt: skip
-    assert len(cfgs) == 8 and {c.search.budget for c in cfgs} == {24}
+    assert len(cfgs) == 8 and {c.search.budget for c in cfgs} == {41}  # the start + 20 x 2 layers
     assert [c.lowrank.layers for c in cfgs if c.method == "c-lora"][0] == (-2, -1)
     assert [c.lowrank.layers for c in cfgs if c.method == "zeroshot"][0] is None
     with pytest.raises(DfloraError, match="unknown method"):
@@ -103,3 +103,48 @@ def test_isolated_runs_record_their_own_memory(tmp_path):
     out = compare(["sst2"], ["zeroshot"], [13], root=tmp_path, model="tiny-llama", max_test=16, sets=COMMON)
     assert out["ran"] == 1 and out["records"][0]["status"] == "done"
     assert out["records"][0]["peak_mem_bytes"] > 0
+
+
+def test_a_grid_below_one_round_fails_once_up_front_in_one_line(tmp_path, capsys):
+    """Eight runs, none affordable: one line and exit 2 before any run starts or any folder is made."""
+    from dflora_core.cli import main
+
+    args = ["compare", "--tasks", "sst2,rte", "--methods", "zeroshot,c-lora,f-lora,rs-lora", "--seeds", "13,42",
+            "--model", "tiny-llama", "--budget", "5", "--root", str(tmp_path), *[a for s in COMMON for a in ("--set", s)]]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("dflora: error: config error: c-lora on sst2, seed 13: search.")
+    assert "5 calls give 1 of the 3 adapted layers" in err and "13 calls reach every layer" in err
+    assert list(tmp_path.iterdir()) == []  # nothing launched, no folder
+
+
+def test_another_budget_reuses_the_runs_that_ignore_it_and_finds_their_older_folders(tmp_path, tiny_models):
+    """The zero-shot arms ignore search.budget (identity.IGNORED_FIELDS): a second grid at another budget
+    reruns only the searching method; a zero-shot folder named by identity version 2 (budget in its hash)
+    is found by that alias, and the version-2 name of the run it was launched as is kept."""
+    from dflora_core.grids.compare import compare
+    from dflora_core.grids.grid import find_run, run_dir
+    from dflora_core.identity import identity, identity_aliases
+    from dflora_core.methods import METHODS
+
+    assert "search.budget" in METHODS["zeroshot"].ignores and METHODS["c-lora"].ignores == ()
+    kw = dict(model="tiny-llama", max_test=16, sets=COMMON, isolate=False)
+    first = compare(["sst2"], ["zeroshot", "icl", "c-lora"], [13], root=tmp_path, budget=24, **kw)
+    assert first["ran"] == 3
+    zs = [c for c in first["records"] if c["method"] == "zeroshot"][0]
+    again = compare(["sst2"], ["zeroshot", "icl", "c-lora"], [13], root=tmp_path, budget=48, **kw)
+    budgets = {r["method"]: r["config"]["search"]["budget"] for r in again["records"]}
+    assert again["ran"] == 1 and budgets == {"zeroshot": 24, "icl": 24, "c-lora": 48}  # zero-shot arms: the first's
+    # a folder an earlier version named (its hash holds the budget) is found by that hash
+    from dflora_core.grids.compare import build_configs
+
+    (cfg,) = build_configs(["sst2"], ["zeroshot"], [13], model="tiny-llama", budget=24, max_test=16, sets=COMMON)
+    current = find_run(tmp_path, cfg)
+    assert current == run_dir(tmp_path, cfg) and current.name.endswith(identity(cfg))
+    v2 = current.with_name(f"seed13-{identity_aliases(cfg)[0]}")
+    current.rename(v2)
+    (other,) = build_configs(["sst2"], ["zeroshot"], [13], model="tiny-llama", budget=300, max_test=16, sets=COMMON)
+    assert identity(other) == identity(cfg) and identity_aliases(other) != identity_aliases(cfg)
+    assert find_run(tmp_path, cfg) == v2 == find_run(tmp_path, other)  # by its alias, and by its record
+    third = compare(["sst2"], ["zeroshot"], [13], root=tmp_path, budget=300, **kw)
+    assert third["ran"] == 0 and third["records"][0]["finished"] == zs["finished"]

@@ -79,7 +79,7 @@ def _old_record(folder, cfg: RunConfig) -> None:
 def test_an_old_record_reads_as_the_old_rule_and_a_new_run_never_reuses_its_folder(tmp_path):
     new = RunConfig().replace(**{"model.name": "tiny-llama", "search.budget": 24})
     old = new.replace(**{"search.dev_rule": "periodic"})
-    (alias,) = identity_aliases(old)
+    _v2, alias = identity_aliases(old)  # newest first: version 2's hash, then version 1's
     folder = run_dir(tmp_path, new).with_name(f"seed{new.seed}-{alias}")
     _old_record(folder, old)
     stored = json.loads((folder / "record.json").read_text())["config"]
@@ -87,7 +87,8 @@ def test_an_old_record_reads_as_the_old_rule_and_a_new_run_never_reuses_its_fold
     assert identity_fields(config_from_record(stored)) == identity_fields(old) != identity_fields(new)
     assert find_run(tmp_path, old) == folder  # found by the hash its folder was named with
     assert find_run(tmp_path, new) == run_dir(tmp_path, new) != folder  # the new rule runs anew
-    assert identity_aliases(new) == [] and identity(old) != identity(new) != alias
+    assert len(identity_aliases(new)) == 1 and alias not in identity_aliases(new)  # no version-1 run of the new rule
+    assert identity(old) != identity(new) != alias
 
 
 def test_the_alias_is_the_hash_the_committed_folders_were_named_with():
@@ -103,7 +104,7 @@ def test_the_alias_is_the_hash_the_committed_folders_were_named_with():
         if "dev_rule" in stored["search"]:
             continue  # a run of the new rule
         cfg = config_from_record(stored)
-        assert folder.name == f"seed13-{identity_aliases(cfg)[0]}", folder
+        assert folder.name == f"seed13-{identity_aliases(cfg)[-1]}", folder  # the oldest: version 1
 
 
 def test_a_checkpoint_of_the_old_rule_resumes_only_under_the_old_rule(tmp_path, loaded):

@@ -182,3 +182,41 @@ def test_export_refuses_in_one_line_what_it_cannot_write(tiny_run, tmp_path, cap
     zs = tiny_run("tiny-llama", "zeroshot")
     with pytest.raises(DfloraError, match="stores nothing to export"):
         export(zs, "peft", tmp_path / "z")
+
+
+def test_a_run_that_selected_its_start_exports_the_start_in_both_formats(tiny_run, tiny_models, tmp_path, capsys):
+    """z = 0 selected on dev: `--format peft` writes a zero adapter, `--format merged` the base model, both
+    exit 0 with one line saying so (a `run && export` script behaves the same whatever the run found)."""
+    import shutil
+
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "start"
+    shutil.copytree(tiny_run("tiny-llama"), run)
+    with np.load(run / "adapter.npz") as arrays:
+        saved = dict(arrays)
+    np.savez(run / "adapter.npz", **{**saved, "z_best_dev": np.zeros_like(saved["z_best_dev"])})
+    data, ref, ids, _, modules = reference(run, tiny_models["tiny-llama"])
+    assert modules == []  # nothing carries an update
+    base = tiny.build_tiny("tiny-llama", seed=0)[0]
+    plain = lm_class_logits(base, data, ids)
+    assert_within(plain, ref, bound(base, data, ref), "the start is the base model")
+
+    assert main(["export", "--run", str(run), "--format", "peft", "--out", str(tmp_path / "peft")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "the run selected its start (z = 0): the adapter is zero (PEFT adds nothing to the base model)"
+    )
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert config["target_modules"] and all(".self_attn." in m for m in config["target_modules"])
+    through_peft = peft.PeftModel.from_pretrained(base, str(tmp_path / "peft")).eval()
+    assert torch.equal(lm_class_logits(through_peft, data, ids), plain)  # B = 0 adds exact zeros
+
+    assert main(["export", "--run", str(run), "--format", "merged", "--out", str(tmp_path / "merged")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "the run selected its start (z = 0): the merged model is the base model unchanged"
+    )
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    assert torch.equal(lm_class_logits(merged, data, ids), plain)
+    assert export(run, "peft", tmp_path / "again")["selected_start"] is True
+    assert export(tiny_run("tiny-llama"), "peft", tmp_path / "adapted")["selected_start"] is False

@@ -6,6 +6,8 @@ models) into temporary folders, once per session, and check what they produce.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -36,6 +38,7 @@ EXPECTED = {
         ),
         "table_cost.md",
         "table_cost.csv",
+        "PROVENANCE.md",
     ],
     "06_zeroth_order": [f"{n}.{e}" for n in ("zo_quadratic", "zo_quadratic_losses", "zo_passes") for e in ("pdf", "png")],
 }
@@ -253,19 +256,21 @@ def test_run_n_more_generations_gives_the_same_record(tmp_path, one_thread):
 def smoke_sequence(tmp_path_factory):
     root = tmp_path_factory.mktemp("seq")
     out = {"runs": root / "runs", "figures": root / "figures", "build": root / "build"}
-    rc = notebook_runner.main(
-        [
-            "--profile",
-            "smoke",
-            "--runs-root",
-            str(out["runs"]),
-            "--figures-dir",
-            str(out["figures"]),
-            "--build-dir",
-            str(out["build"]),
-        ]
-    )
-    out["rc"] = rc
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = notebook_runner.main(
+            [
+                "--profile",
+                "smoke",
+                "--runs-root",
+                str(out["runs"]),
+                "--figures-dir",
+                str(out["figures"]),
+                "--build-dir",
+                str(out["build"]),
+            ]
+        )
+    out["rc"], out["printed"] = rc, printed.getvalue()
     return out
 
 
@@ -285,6 +290,24 @@ def test_every_notebook_runs_headless_and_writes_its_figures(smoke_sequence):
     assert set(timings["notebooks_s"]) == set(EXPECTED) and timings["status"] == "ok"
     main = (figures / "table_main.md").read_text()
     assert "smoke profile" in main and "c-lora" in main and "f-lora" in main
+    assert "Prefer: committed (a run both in runs_root and in an extra root shows" in main  # the profile's choice
+    # PROVENANCE.md names the run folder behind every cell of the main table and every curve of the figures
+    from dflora_core.grids import collect
+    from dflora_core.lab.profiles import load_profile
+
+    provenance = (figures / "PROVENANCE.md").read_text()
+    prof = load_profile("smoke").with_paths(smoke_sequence["runs"])
+    for rec in collect.main_records(prof, collect.profile_records(prof)):
+        assert Path(rec["_dir"]).name in provenance, rec["_dir"]
+    for section in ("## table_main", "## convergence_optimizer", "## training_c-lora", "## hidden_state_stats"):
+        assert section in provenance
+    # the runner's count of what 05 wrote is what 05 says it wrote
+    executed = json.loads((smoke_sequence["build"] / "05_figures.ipynb").read_text())["cells"]
+    text = "".join("".join(o.get("text", "")) for c in executed for o in c.get("outputs", []))  # str or lines
+    said = [ln for ln in text.splitlines() if " files written to " in ln]
+    (n,) = [int(ln.split()[0]) for ln in said]
+    (line,) = [ln for ln in smoke_sequence["printed"].splitlines() if "05_figures done in" in ln]
+    assert line.endswith(f"; {n} figure/table files written"), line
 
 
 @pytest.mark.slow
@@ -296,6 +319,7 @@ def test_rerun_reuses_runs_and_regenerates_identical_figures(smoke_sequence, one
     from dflora_core.grids.plans import ablation_plan, main_plan, run_plan
     from dflora_core.lab.profiles import load_profile
     from dflora_core.reports import comparison_figures, style, training_figures
+    from dflora_core.reports.provenance import choice_text
 
     runs, figures = smoke_sequence["runs"], smoke_sequence["figures"]
     records = sorted(runs.glob("**/record.json"))
@@ -324,10 +348,13 @@ def test_rerun_reuses_runs_and_regenerates_identical_figures(smoke_sequence, one
     frame = study_frame(ablation_plan(prof), recs)
     dfo = [idx[p.key] for p in main_plan(prof) if p.key in idx and p.cfg.method in ("c-lora", "f-lora")]
     fmt = {"formats": prof.figures.formats, "dpi": prof.figures.dpi}
-    again = style.save(comparison_figures.rank_figure(frame, recs, "smoke"), runs / "again", "rank", **fmt)
-    again += style.save(
-        training_figures.convergence_figure(dfo, "smoke", "convergence: main runs"), runs / "again", "convergence", **fmt
-    )
+    rank_recs = [idx[p.key] for p in ablation_plan(prof) if p.key in idx and p.study == "rank"]
+    rank = comparison_figures.rank_figure(frame, recs, "smoke")
+    convergence = training_figures.convergence_figure(dfo, "smoke", "convergence: main runs")
+    for fig, shown in ((rank, rank_recs), (convergence, dfo)):  # the footer line notebook 05 adds
+        style.extend_footer(fig, choice_text(prof.prefer, shown, {}))
+    again = style.save(rank, runs / "again", "rank", **fmt)
+    again += style.save(convergence, runs / "again", "convergence", **fmt)
     changed = [p.name for p in again if p.read_bytes() != (figures / p.name).read_bytes()]
     assert not changed, f"regenerated figures differ: {changed}"
 

@@ -226,3 +226,32 @@ def test_layers_the_budget_never_reached_are_recorded_and_said(tmp_path, loaded)
         rec = run(cfg(method="c-lora", **{"search.budget": 18}), out=tmp_path / "short", loaded=loaded)
     assert rec["unsearched_layers"] == [2] and rec["calls"] == 13
     assert run(cfg(method="c-lora"), out=tmp_path / "full", loaded=loaded)["unsearched_layers"] == []
+
+
+def test_the_round_check_agrees_with_what_the_run_does(tmp_path, loaded):
+    """One round (popsize x layers) does not reach the top layer: the start's score is a call too. The check
+    says so before the run (a one-line warning naming the budget that reaches every layer), the run leaves
+    exactly that layer unsearched, one more call reaches it, and less than one round is refused."""
+    import warnings
+
+    from dflora_core.errors import ConfigError, DfloraWarning
+    from dflora_core.methods import validate
+
+    one_round = 6 * 3  # popsize 6, tiny-llama's 3 layers
+    with pytest.warns(
+        DfloraWarning,
+        match=rf"{one_round} calls give 2 of the 3 adapted layers .*"
+        rf"1 call for the start.*{one_round + 1} calls reach every layer",
+    ):
+        short = run(cfg(**{"search.budget": one_round}), out=tmp_path / "short", loaded=loaded)
+    assert short["unsearched_layers"] == [2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DfloraWarning)
+        full = run(cfg(**{"search.budget": one_round + 1}), out=tmp_path / "full", loaded=loaded)
+    assert full["unsearched_layers"] == [] and full["calls"] == one_round + 1
+    with pytest.raises(ConfigError, match=rf"search.budget: {one_round - 1} calls give 2 of the 3"):
+        validate(cfg(**{"search.budget": one_round - 1}), num_layers=3)
+    released = cfg(**{"search.budget": one_round, "search.acceptance": "released"})  # no start call
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DfloraWarning)
+        validate(released, num_layers=3)

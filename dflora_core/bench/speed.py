@@ -88,31 +88,46 @@ def run_speed(
     rows: dict[str, Row] = {}
     runners: dict[str, Runner] = {}
     fits: dict[str, np.ndarray] = {}
-    for st in strategies:
+    started = time.perf_counter()
+    for k, st in enumerate(strategies):
         row = rows[st.name] = Row(s.name, st.name, str(dev), st.flags.dtype, None, None, None, None, None, kind,
                                   adds=st.adds, base=st.base, flags=asdict(st.flags),
                                   max_tokens=st.max_tokens or s.max_tokens, setup=s.describe())  # fmt: skip
-        r = _untimed_pass(s, st, row, ceil, log)
+        r = _untimed_pass(s, st, row, ceil, log, f"{k + 1}/{len(strategies)}", started)
         if r is not None:
             runners[st.name], fits[st.name] = r
+    live = [st for st in strategies if st.name in runners]
+    expected = reps * sum(_pass_seconds(rows[st.name], st, len(s.Z), one_by_one_candidates) for st in live)
+    log(f"  timing {reps} repetition{'s' if reps != 1 else ''} of {len(live)} strategies: about {expected:.0f} s")
     # compiled rows reuse the work count of their base
     for st in strategies:
         row = rows[st.name]
         if st.flags.compile and st.base in rows and row.error is None:
             row.layer_tokens_per_eval = rows[st.base].layer_tokens_per_eval
             row.gflop_per_eval = rows[st.base].gflop_per_eval
-    _timed_passes(s, [st for st in strategies if st.name in runners], rows, runners, reps, one_by_one_candidates, log)
+    _timed_passes(s, live, rows, runners, reps, one_by_one_candidates, log)
     _summarise(s, strategies, rows, fits, ceil, ref_name)
     return list(rows.values()), {"gemm_gflops": ceil, "loadavg_end": loadavg(), "reference_strategy": ref_name}
 
 
-def _untimed_pass(s: Setup, st: Strategy, row: Row, ceil: dict, log) -> tuple[Runner, np.ndarray] | None:
-    """Fitnesses, work, compilation and peak memory of one strategy; None (``row.error`` says why) if it cannot run."""
+def _pass_seconds(row: Row, st: Strategy, P: int, one_by_one_candidates: int | None) -> float:
+    """What one timed pass of a strategy will take, from its untimed pass (a one-by-one strategy times
+    ``one_by_one_candidates`` of the P candidates)."""
+    if not row.warmup_s:
+        return 0.0
+    share = min(P, one_by_one_candidates or P) / P if not st.flags.population else 1.0
+    return row.warmup_s * share
+
+
+def _untimed_pass(s: Setup, st: Strategy, row: Row, ceil: dict, log, which: str = "",
+                  started: float | None = None) -> tuple[Runner, np.ndarray] | None:  # fmt: skip
+    """Fitnesses, work, compilation and peak memory of one strategy; None (``row.error`` says why) if it cannot run.
+    Logs one line when it is done (``which``: its place among the strategies; ``started``: when the first began)."""
     dev, P = s.device, len(s.Z)
     slow = slow_dtype(ceil, st.flags.dtype)
     if slow:
         row.error = slow
-        log(f"  {st.name}: {slow}")
+        log(f"  warm-up {which} {st.name}: {slow}")
         return None
     try:
         if st.flags.compile and dev.type == "cpu" and st.flags.compile != "default":
@@ -135,11 +150,12 @@ def _untimed_pass(s: Setup, st: Strategy, row: Row, ceil: dict, log) -> tuple[Ru
             row.gflop_per_eval = flops / P / 1e9
         fit = losses(lg, s.data.labels, "ce").double().numpy()
         row.candidate_seconds = list(r.candidate_seconds[1:])
-        log(f"  warm {st.name:16s} {row.warmup_s:8.2f} s")
+        since = f" ({time.perf_counter() - started:.0f} s so far)" if started is not None else ""
+        log(f"  warm-up {which} {st.name:16s} {row.warmup_s:8.2f} s{since}")
         return r, fit
     except Exception as err:  # noqa: BLE001 - a failing strategy is reported, the others still run
         row.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
-        log(f"  {st.name}: {row.error}")
+        log(f"  warm-up {which} {st.name}: {row.error}")
         return None
 
 
@@ -159,16 +175,14 @@ def _timed_passes(s: Setup, live: list[Strategy], rows, runners, reps: int, one_
                 r(Z)
                 sync(dev)
                 rows[st.name].seconds.append(time.perf_counter() - t0)
+                took = f"{rows[st.name].seconds[-1]:8.2f} s"
                 if one_by_one:
                     rows[st.name].candidate_seconds += r.candidate_seconds
             except Exception as err:  # noqa: BLE001
-                rows[st.name].error = f"{type(err).__name__}: {err}"[:300]
+                rows[st.name].error = took = f"{type(err).__name__}: {err}"[:300]
             finally:
                 r.uncompile()
-        log(
-            f"  rep {rep + 1}/{reps}: "
-            + ", ".join(f"{n}={rows[n].seconds[-1]:.2f}s" for n in runners if rows[n].seconds)
-        )
+            log(f"  rep {rep + 1}/{reps} {st.name:16s} {took}")
 
 
 def _summarise(s: Setup, strategies: list[Strategy], rows, fits, ceil: dict, ref_name: str) -> None:

@@ -75,7 +75,10 @@ def _chain() -> dict[str, Strategy]:
 
 STRATEGIES = _chain()
 DEFAULT_STRATEGIES = {
-    "cpu": ("reference", "population", "trim", "scored-head", "prefix-reuse", "bf16", "fp16", "compile"),
+    # a CPU default that takes minutes: population (one forward for all candidates: 1.00x the reference here,
+    # as slow) and compile (every layer compiled first, minutes beside other jobs, for 1.02x prefix-reuse;
+    # benchmarks/results/cpu-speed.json) are left to --strategies
+    "cpu": ("reference", "trim", "scored-head", "prefix-reuse", "bf16", "fp16"),
     "cuda": (
         "reference",
         "reference-bf16",

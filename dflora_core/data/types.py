@@ -46,6 +46,9 @@ class TaskSpec:
     # a task declared in a YAML file (data/user_task.py, docs/tasks.md): its files, reader and templates;
     # None for the seven built-in tasks, whose files are the tables of data/fewshot.py
     files: Any = None
+    # a task file's examples per class (its ``shots:`` key: small datasets need fewer than the default 16);
+    # a run's data.shots unless the configuration states one (config.task_shots)
+    shots: int | None = None
 
 
 @dataclass

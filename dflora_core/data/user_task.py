@@ -10,6 +10,8 @@ with its verbalizer per model family. :func:`load_task_file` reads it into a ``T
 them, so a declared task goes through the same pool cleaning, seeded sampler, verification and
 test sets as the seven built-in tasks. Its folder has no manifest: its files are verified by
 row counts when the YAML declares ``test_size`` / ``pool_size``, else they are "unverified".
+``shots`` (examples per class) is the task's default for ``data.shots``: a configuration that
+states none gets it (``config.task_shots``), ``--shots`` overrides it.
 
 A bad declaration is a one-line error naming the YAML file and the key (or the data file, line
 and column): a missing column, a label outside ``labels``, a template without its fields.
@@ -43,7 +45,7 @@ FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
 FAMILIES = ("causal", "masked")
 KEYS = ("name", "title", "format", "text_fields", "label_field", "labels", "label_values", "metric", "test",
         "pool", "splits", "split_field", "templates", "notes", "test_size", "pool_size", "test_name",
-        "test_official", "default_split_source")  # fmt: skip
+        "test_official", "default_split_source", "shots")  # fmt: skip
 
 
 # whether the command at hand lets task files name files outside their folder (the user's flag, never a file's)
@@ -372,6 +374,9 @@ def _load(given: str, path_s: str, _mtime: int, _size: int, outside_ok: bool) ->
     )  # fmt: skip
     if d.data.get("format") and not files.fmt:
         d.fail("format", f"{d.data['format']!r}: choose from {', '.join(FORMATS.values())}")
+    shots = d.get("shots", int)
+    if shots is not None and shots < 1:
+        d.fail("shots", f"examples per class in train (and again in dev): >= 1, got {shots}")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     test = files.test.file + (f" (split {files.test.split})" if files.test.split else "")
     return TaskSpec(
@@ -389,4 +394,5 @@ def _load(given: str, path_s: str, _mtime: int, _size: int, outside_ok: bool) ->
         test_size=d.get("test_size", int),
         pool_size=d.get("pool_size", int),
         files=files,
+        shots=shots,
     )

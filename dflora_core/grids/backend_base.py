@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Literal
 
 from ..config import RunConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, DfloraError
 from ..models.sizing import SHARE_VARIABLE
+from ..results.record import CONFIG, LOCK, RECORD, RunFolder
 
 BACKENDS = ("inprocess", "local", "ray")
 SHARED_FS = ("auto", "yes", "no")
@@ -149,13 +150,38 @@ class Pending:
                 "threads": threads}  # fmt: skip
 
 
+FAILED_LOG = ".failed.log"  # suffix of the log a failed run's removed folder leaves beside it
+
+
+def clear_failed(folder: Path) -> Path | None:
+    """A failed run's folder that holds nothing to resume (at most its log, lock, config and an unfinished
+    record; no checkpoint) is removed, so no folder without a record stays behind; its log is kept beside it
+    as ``<folder>.failed.log``, which is returned. None: the folder stays (it has a checkpoint to resume)."""
+    try:
+        names = {p.name for p in folder.iterdir()}
+        if not names <= {LOG, LOCK, CONFIG, RECORD} or (RECORD in names and RunFolder(folder).finished()):
+            return None
+    except (OSError, DfloraError):  # no folder here (a Ray worker's), or an unreadable record: leave it
+        return None
+    kept = folder.with_name(folder.name + FAILED_LOG)
+    if LOG in names:
+        os.replace(folder / LOG, kept)
+    RunFolder(folder).remove_unstarted()
+    return kept if kept.is_file() else None
+
+
 @dataclass
 class Failure:
     run: Pending
     error: str
+    log: Path | None = None  # the log of a removed folder (clear_failed)
 
     def line(self) -> str:
-        return f"dflora: run failed: {self.run.describe()} ({self.run.folder}): {self.error}"
+        folder = self.run.folder
+        where = f"{folder}; log: {folder / LOG}" if (folder / LOG).is_file() else str(folder)
+        if self.log is not None:
+            where = f"folder removed, nothing to resume; log: {self.log}"
+        return f"dflora: run failed: {self.run.describe()} ({where}): {self.error}"
 
 
 @dataclass
@@ -166,9 +192,12 @@ class Report:
     failures: list[Failure] = field(default_factory=list)
 
     def finished(self, run: Pending, error: str | None = None) -> None:
+        failed_log = run.folder.with_name(run.folder.name + FAILED_LOG)
         if error is not None:
-            self.failures.append(Failure(run, error))
+            self.failures.append(Failure(run, error, clear_failed(run.folder)))
             self.bar.write(self.failures[-1].line())
+        else:
+            failed_log.unlink(missing_ok=True)  # an earlier failure of this run: it has its record now
         self.bar.finish(run.describe(), ok=error is None)
 
 

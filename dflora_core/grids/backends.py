@@ -153,7 +153,7 @@ def _exit_error(log: Path, code: int) -> str:
     except OSError:
         lines = []
     last = lines[-1].removeprefix("dflora: error: ") if lines else "no output"
-    return f"{last} ({how}; log: {log})"
+    return f"{last} ({how})"  # the failure line names the log (Failure.line)
 
 
 def child_main(argv: list[str] | None = None) -> None:

@@ -18,17 +18,21 @@ from ..results.record import RunRecord, load_records
 from .plans import PlannedRun, main_plan, noopt_plan, unique_runs
 
 
+def record_key(rec: RunRecord) -> str | None:
+    """The identity of a record's run; None for a record that belongs to no plan."""
+    if rec.get("method") != (rec.get("config") or {}).get("method"):
+        return None  # an early no-optimisation record (it kept its optimised run's config)
+    try:
+        return identity(config_from_record(rec["config"]))
+    except DfloraError:  # a record of another code version: not part of any plan
+        return None
+
+
 def index_records(records: Iterable[RunRecord]) -> dict[str, RunRecord]:
-    """identity -> record (the identity ignores display settings such as the progress flag)."""
-    out = {}
-    for rec in records:
-        if rec.get("method") != (rec.get("config") or {}).get("method"):
-            continue  # an early no-optimisation record (it kept its optimised run's config)
-        try:
-            out[identity(config_from_record(rec["config"]))] = rec
-        except DfloraError:  # a record of another code version: not part of any plan
-            continue
-    return out
+    """identity -> record (the identity ignores display settings such as the progress flag); of two records of
+    one run the last wins (``profile_records`` keeps only the one its profile prefers)."""
+    keyed = ((record_key(rec), rec) for rec in records)
+    return {key: rec for key, rec in keyed if key is not None}
 
 
 def load_all_records(root: str | Path) -> list[RunRecord]:
@@ -95,13 +99,30 @@ def main_records(profile, records: list[RunRecord]) -> list[RunRecord]:
     return list(chosen.values())
 
 
+def profile_sources(profile) -> tuple[list[RunRecord], dict[str, list[str]]]:
+    """(records, shadowed): every record under the runs root and the profile's extra roots, where the two hold
+    the same run (one identity) only the copy ``profile.prefer`` names: ``committed`` the extra root's (the
+    committed figures stay the same on every machine), ``local`` the runs root's; ``shadowed`` maps a kept
+    record's folder to the folders of the same run it was preferred to (PROVENANCE.md names them)."""
+    own = load_all_records(profile.path("runs_root"))
+    seen = {r.get("_dir") for r in own}
+    extra = [r for root in profile.extra_paths() for r in load_all_records(root) if r.get("_dir") not in seen]
+    first, second = (extra, own) if profile.prefer == "committed" else (own, extra)
+    kept = index_records(first)  # within one side the last record of a run wins, as in index_records
+    shadowed: dict[str, list[str]] = {}
+    out = list(first)
+    for rec in second:
+        key = record_key(rec)
+        if key is not None and key in kept:
+            shadowed.setdefault(kept[key].get("_dir"), []).append(rec.get("_dir"))
+        else:
+            out.append(rec)
+    return out, shadowed
+
+
 def profile_records(profile) -> list[RunRecord]:
-    """Every record under the runs root and the profile's extra roots (peer runs)."""
-    out = load_all_records(profile.path("runs_root"))
-    seen = {r.get("_dir") for r in out}
-    for root in profile.extra_paths():
-        out += [r for r in load_all_records(root) if r.get("_dir") not in seen]
-    return out
+    """Every record under the runs root and the profile's extra roots, one copy per run (``profile_sources``)."""
+    return profile_sources(profile)[0]
 
 
 def comparison_roots(profile) -> list[tuple[str, list[RunRecord]]]:

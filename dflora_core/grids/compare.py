@@ -26,9 +26,13 @@ by default each in its own local Python process, so that the peak resident memor
 record (process peak RSS on CPU) is that run's own, ``--jobs N`` of them at a time;
 ``--backend ray`` makes each a Ray task (``--cpus-per-run``, ``--gpus-per-run``, ``--address``
 to join a cluster); ``--in-process`` runs them in this process (faster start, but on CPU a
-run's peak then includes the earlier runs'). A run that fails is reported in one line and
-the others go on; the table holds the runs that finished, and the same command again runs
-only what is missing.
+run's peak then includes the earlier runs'). Every run is checked against its model's layer
+count before any starts, so a grid that cannot run (a budget below one round) fails once, in one
+line. A run that fails is reported in one line and the others go on (a folder with nothing to
+resume is removed, its log kept beside it: ``backend_base.clear_failed``); the table holds the
+runs that finished, and the same command again runs only what is missing. Fields a method never
+reads (``identity.IGNORED_FIELDS``: the zero-shot arms and ``--budget``) are not part of its run,
+so another budget reruns only the methods that spend it.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ from pathlib import Path
 from .. import methods
 from ..config import _merge, _nest, from_dict, load_run_settings, parse_assignments
 from ..data.user_task import add_outside_flag
-from ..errors import DfloraError
+from ..errors import ConfigError, DfloraError
+from ..experiment import Experiment
 from ..reports.tables import VS_CAPTION, comparison_table, frame, to_markdown
 from ..results.record import RunRecord
 from .backend_base import BACKENDS, CONNECT_TIMEOUT, BackendSpec, GridBar, check_backend, stderr_line
@@ -81,7 +86,8 @@ def build_configs(
     sets: Sequence[str] | None = None,
     base: dict | None = None,
 ):
-    """One validated RunConfig per (task, method, seed), in that order."""
+    """One RunConfig per (task, method, seed), in that order, each validated against its model's layer count
+    (no weights loaded): a budget below one round fails here in one line, not once per run."""
     if not tasks or not method_names or not seeds:
         raise DfloraError("compare needs at least one task, one method and one seed")
     unknown = [m for m in method_names if m not in methods.METHODS]
@@ -105,7 +111,10 @@ def build_configs(
             for seed in seeds:
                 over = {**flat, **per_method.get(method, {}), "data.task": task, "method": method, "seed": int(seed)}
                 cfg = from_dict(_merge(dict(base or {}), _nest(over)))
-                methods.validate(cfg)
+                try:  # against the model's layers (read, not loaded): a bad grid fails once, before any run
+                    Experiment.check(cfg)
+                except ConfigError as err:
+                    raise ConfigError(f"{method} on {task}, seed {seed}: {err.field}", err.message) from None
                 configs.append(cfg)
     return configs
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .. import methods
 from ..config import RunConfig, _build, _merge, from_dict, load_yaml, settings_from
@@ -36,6 +36,7 @@ from ..lowrank.hidden_stats import SOURCES
 from ..lowrank.projection import INITS
 from ..models.registry import check_model_name, peek_model
 
+PREFER = ("committed", "local")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "configs"
 
@@ -111,6 +112,10 @@ class Profile:
     # comparison grids (`dflora compare` roots, e.g. the committed results/ folders): each gets its own
     # table and convergence figure; its peers join the main table at the main runs' test set and budget
     extra_roots: tuple[str, ...] = ()
+    # where runs_root and an extra root hold the same run (one identity): "committed" shows the extra root's record
+    # (the committed results/: the committed figures stay the same on every machine), "local" this machine's
+    # runs_root record; footers say which, notebook 05's PROVENANCE.md names every run folder shown
+    prefer: Literal[PREFER] = "committed"
     threads: int = 0  # torch CPU threads in the notebook kernels; 0 = torch's default
     run: dict = field(default_factory=dict)  # RunConfig overrides shared by every run of the profile
     stats: StatsSpec = field(default_factory=StatsSpec)

@@ -88,7 +88,8 @@ def main_comparison_figure(table_records: list[dict], profile: str):
             ax.set_xticks(range(len(tasks)), tasks)
             lo = np.nanmin(df["test"].astype(float)) * 100
             ax.set_ylim(max(0, lo - 10), min(100, np.nanmax(df["test"].astype(float)) * 100 + 8))
-            ax.legend(fontsize=6, ncol=2)
+            # right of the bars: inside, a corner would hide a bar or an error bar (ICL's reaches the top)
+            ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
         ax.set_ylabel("test metric (%)")
         ax.set_title("main comparison", fontsize=8)
         fig.tight_layout()

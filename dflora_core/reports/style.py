@@ -39,6 +39,7 @@ METADATA = {
     "png": {"Software": None},
     "svg": {"Date": None, "Creator": "dflora"},
 }
+FOOTER = "dflora-footer"  # the gid of a figure's footer text
 SOURCE_TITLES = {"residual": "residual stream entering the layer", "proj_input": "input of the q/k projections"}
 
 
@@ -80,7 +81,19 @@ def footer(fig, text: str) -> None:
     """The provenance lines at the bottom of every figure (profile, model, settings, test set),
     wrapped to the figure's width so they never widen it."""
     width = max(40, int(fig.get_figwidth() * 24))
-    fig.text(0.0, -0.02, wrap_parts(text, width), fontsize=5.5, color="0.35", ha="left", va="top", linespacing=1.3)
+    fig.text(0.0, -0.02, wrap_parts(text, width), fontsize=5.5, color="0.35", ha="left", va="top", linespacing=1.3,
+             gid=FOOTER)  # fmt: skip
+
+
+def extend_footer(fig, text: str) -> None:
+    """Add ``text`` to a figure's footer (what a caller knows and the figure function does not: which copy of
+    a run its profile shows), wrapped as the footer is; a figure without a footer gets one."""
+    found = [t for t in fig.texts if t.get_gid() == FOOTER]
+    if not found:
+        footer(fig, text)
+        return
+    width = max(40, int(fig.get_figwidth() * 24))
+    found[0].set_text(found[0].get_text() + "\n" + wrap_parts(text, width))
 
 
 def save(fig, folder: str | Path, name: str, formats: Sequence[str] = ("pdf", "png"), dpi: int = 200) -> list[Path]:

@@ -284,14 +284,14 @@ def init_table(df, noopt_records: list):
     return out
 
 
-def write_table(table, folder: str | Path, name: str, caption: str, records=None) -> list[Path]:
-    """``name``.md (caption + GitHub table + a footer on the ``records`` behind it) and ``name``.csv."""
+def write_table(table, folder: str | Path, name: str, caption: str, records=None, note: str = "") -> list[Path]:
+    """``name``.md (caption + GitHub table + a footer on the ``records`` behind it and ``note``) and ``name``.csv."""
     folder = Path(folder)
     md = folder / f"{name}.md"
     csv = folder / f"{name}.csv"
     body = to_markdown(table) if not table.empty else "(no recorded runs yet)\n"
-    rule = dev_rule_text(records or [])
-    footer = f"\n{rule[0].upper()}{rule[1:]}.\n" if rule else ""
+    parts = [text[0].upper() + text[1:] + "." for text in (dev_rule_text(records or []), note) if text]
+    footer = "".join(f"\n{text}\n" for text in parts)
     atomic_write_bytes(md, f"{caption}\n\n{body}{footer}".encode())
     atomic_write_bytes(csv, table.to_csv().encode())
     return [md, csv]

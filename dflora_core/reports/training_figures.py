@@ -39,7 +39,6 @@ def draw_training(
         else:
             lb = np.minimum.accumulate(np.where(np.isfinite(best), best, np.inf))
             ax_fit.plot(calls, lb, color="k", lw=1.2, label="best so far")
-        ax_fit.legend(fontsize=5.5, loc="upper right")
         # fitness gained per layer: drop of the configuration fitness at that layer's generations
         names = list(model_layers) if model_layers is not None else sorted(set(layer.tolist()))
         gain = np.zeros(len(names))
@@ -76,8 +75,11 @@ def draw_training(
     ax_dev.set_xlabel("fitness evaluations (calls)")
     ax_dev.set_ylabel("dev metric")
     ax_dev.set_title(f"dev set {label}".strip(), fontsize=8)
-    if dev_curve or finite(zero_shot):
-        ax_dev.legend(fontsize=5.5, loc="lower right")
+    # one legend for both curve panels, right of the figure: a corner inside a panel hid data (the last dev point)
+    (h_fit, l_fit), (h_dev, l_dev) = ax_fit.get_legend_handles_labels(), ax_dev.get_legend_handles_labels()
+    if h_fit or h_dev:
+        ax_dev.legend(h_fit + h_dev, l_fit + l_dev, fontsize=5.5, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                      borderaxespad=0.0)  # fmt: skip
 
 
 def training_figure(history, dev_curve, model_layers=None, zero_shot=None, test=None, title: str = "", note: str = ""):
@@ -102,13 +104,19 @@ def record_training_figure(record: dict, profile: str):
     return training_figure(hist, dev, layers, z, t, title, describe_records([record], profile))
 
 
+# methods whose curves coincide (the same dev points: a two-point dev curve) stay distinguishable
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
 def convergence_figure(records: list[dict], profile: str, title: str = "convergence"):
-    """Train fitness of the whole configuration and dev metric against calls, per method (seeds: thin lines)."""
+    """Train fitness of the whole configuration and dev metric against calls, per method (seeds: thin lines);
+    each method its colour, line style and open marker, so a curve under another's stays visible."""
     fig, axes = new_figure(1, 2, width=7.0, height=2.5)
     names = methods.ordered(r["method"] for r in records)
     with style():
         for k, m in enumerate(names):
-            color = f"C{k}"
+            color, ls, marker = f"C{k}", LINESTYLES[k % len(LINESTYLES)], MARKERS[k % len(MARKERS)]
             for j, rec in enumerate(r for r in records if r["method"] == m):
                 hist, dev = run_curves(rec)
                 lab = m if j == 0 else None
@@ -117,20 +125,11 @@ def convergence_figure(records: list[dict], profile: str, title: str = "converge
                     conf = [g.get("config_fitness") for g in hist]
                     if not any(finite(c) for c in conf):
                         conf = list(np.minimum.accumulate([g["best"] if finite(g["best"]) else np.inf for g in hist]))
-                    axes[0][0].plot(
-                        calls, [c if finite(c) else np.nan for c in conf], color=color, lw=1.0, alpha=0.85, label=lab
-                    )
+                    axes[0][0].plot(calls, [c if finite(c) else np.nan for c in conf], color=color, ls=ls, lw=1.0,
+                                    alpha=0.85, label=lab)  # fmt: skip
                 if dev:
-                    axes[0][1].plot(
-                        [r["calls"] for r in dev],
-                        [r["value"] for r in dev],
-                        color=color,
-                        lw=1.0,
-                        marker=".",
-                        ms=3,
-                        alpha=0.85,
-                        label=lab,
-                    )
+                    axes[0][1].plot([r["calls"] for r in dev], [r["value"] for r in dev], color=color, ls=ls, lw=1.0,
+                                    marker=marker, ms=3.5 + 1.0 * k, mfc="none", alpha=0.85, label=lab)  # fmt: skip
         axes[0][0].set_xlabel("fitness evaluations (calls)")
         axes[0][0].set_ylabel("train loss of the configuration")
         axes[0][1].set_xlabel("fitness evaluations (calls)")

@@ -40,11 +40,24 @@ from .classifier import PROMPT_METHODS, Tuned, classifier_card, finished_record,
 FORMATS = ("peft", "merged", "prompts")
 CARD = "dflora_classifier.json"
 PROMPTS = "prompts.safetensors"
+START_TEXT = {"peft": "the adapter is zero (PEFT adds nothing to the base model)",
+              "merged": "the merged model is the base model unchanged"}  # fmt: skip
 
 
 def adapted_modules(model: torch.nn.Module) -> list[tuple[str, LowRankWrapper]]:
     """(full module name, wrapper) of every patched projection that carries an update."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LowRankWrapper) and m.factors]
+
+
+def selected_start(tuned: Tuned) -> bool:
+    """Whether a layer-wise run's installed z is the start (z = 0 everywhere): nothing carries an update."""
+    return is_layerwise_lora(tuned.method) and not adapted_modules(tuned.exp.loaded.model)
+
+
+def zero_factors(wrapper: LowRankWrapper, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero (A [in, R], B [R, out]) of a searched module, R = rank x its targets: the start as an adapter."""
+    width = rank * len(wrapper.selects)
+    return torch.zeros(wrapper.in_features, width), torch.zeros(width, wrapper.out_features)
 
 
 def module_factors(wrapper: LowRankWrapper) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,10 +89,10 @@ def base_model_name(tuned: Tuned) -> str:
 def peft_files(tuned: Tuned) -> tuple[dict, dict[str, torch.Tensor]]:
     """(adapter_config, tensors) of the PEFT adapter of a layer-wise run."""
     modules = adapted_modules(tuned.exp.loaded.model)
-    if not modules:
-        raise DfloraError(f"{tuned.folder}: the run selected the unadapted model (z = 0): no adapter to export; "
-                          "the base model is the result")  # fmt: skip
     factors = {name: module_factors(w) for name, w in modules}
+    if not modules:  # the run selected its start (z = 0): a zero adapter on the projections it searched
+        modules = [(n, m) for n, m in tuned.exp.loaded.model.named_modules() if isinstance(m, LowRankWrapper)]
+        factors = {name: zero_factors(w, tuned.exp.cfg.lowrank.rank) for name, w in modules}
     rank = max(A.shape[1] for A, _ in factors.values())
     tensors = {}
     for name, (A, B) in factors.items():
@@ -234,6 +247,7 @@ def export(run_dir: str | Path, fmt: str, out: str | Path, which: str = "z_best_
     tuned = load_tuned(run_dir, which, loaded, what="export")
     staging = None
     try:
+        start = selected_start(tuned)
         card = classifier_card(tuned)
         staging = _staging(out)
         _write(tuned, fmt, staging)
@@ -252,7 +266,8 @@ def export(run_dir: str | Path, fmt: str, out: str | Path, which: str = "z_best_
     bias = card["label_bias"] is not None
     note = (f"the label bias of the calibrated search is not part of the {fmt} format: it is in {CARD}, "
             "add it to the verbalizer logits") if bias else ""  # fmt: skip
-    return {"run": str(run_dir), "format": fmt, "out": str(out), "files": files, "label_bias": bias, "note": note}
+    return {"run": str(run_dir), "format": fmt, "out": str(out), "files": files, "label_bias": bias, "note": note,
+            "selected_start": start}  # fmt: skip
 
 
 def add_arguments(p) -> None:
@@ -272,6 +287,8 @@ def _cmd(args) -> int:
         print(json.dumps(res, indent=1))
         return 0
     print(f"exported {res['run']} as {res['format']} to {res['out']}: {', '.join(res['files'])}")
+    if res["selected_start"]:  # same exit status whatever the run found: `run && export` scripts go on
+        print(f"the run selected its start (z = 0): {START_TEXT[res['format']]}")
     if res["note"]:
         print(f"note: {res['note']}")
     return 0
