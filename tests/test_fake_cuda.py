@@ -293,3 +293,17 @@ def test_the_token_budget_and_jobs_follow_the_memory_of_the_card():
         hidden_size=4096, intermediate_size=16384, num_attention_heads=32
     )  # a wide model: fewer runs
     assert sizing.jobs_per_gpu("other", 16 * 2**30, small, h100) < sizing.jobs_per_gpu("smollm2", weights, config, h100)
+
+
+def test_bench_writes_each_models_rows_as_soon_as_they_are_measured(tmp_path, monkeypatch):
+    """A GPU command cut short keeps what it measured: the JSON is rewritten after every model."""
+    from dflora_core.bench import cli as bench_cli
+
+    written = []
+    real = bench_cli.write
+    monkeypatch.setattr(bench_cli, "write", lambda path, doc, quiet=False: (written.append(len(doc["rows"])),
+                                                                           real(path, doc, quiet)))  # fmt: skip
+    args = ["bench", "speed", "--model", "tiny-llama,tiny-gpt2", "--device", "cpu", "--out", str(tmp_path / "b.json"),
+            "--quiet", "--popsize", "4", "--reps", "1", "--shots", "4", "--strategies", "reference,prefix-reuse"]  # fmt: skip
+    assert main(args) == 0
+    assert written[0] > 0 and written[1] > written[0] and len(written) == 3  # after each model, then the final

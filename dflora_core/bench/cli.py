@@ -90,6 +90,7 @@ def cmd_speed(args) -> int:
             doc["rows"].append(d)
         log(speed_table(rows))
         del s
+        write(args.out, doc, quiet=True)  # each model's rows on disk as soon as they are measured
     write(args.out, doc)
     return 0
 
@@ -112,6 +113,7 @@ def cmd_sweep(args) -> int:
             d.update(command=doc["command"], **extra)
             doc["rows"].append(d)
         log(speed_table(rows))
+        write(args.out, doc, quiet=True)
     write(args.out, doc)
     return 0
 
@@ -129,6 +131,7 @@ def cmd_fidelity(args) -> int:
             loaded = s.loaded
             doc["rows"] += run_fidelity(s, layers, tuple(args.dtypes.split(",")), log)
             s.adapter.remove()
+            write(args.out, doc, quiet=True)  # each task's rows on disk as soon as they are measured
     log(fidelity_table(doc["rows"]))
     write(args.out, doc)
     return 0
