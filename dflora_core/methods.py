@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, check_fields
+from .config import RunConfig
+from .config_checks import check_fields
 from .errors import ConfigError, DfloraError, DfloraWarning
 from .fileio import atomic_save_npz, atomic_write_json
 from .identity import IDENTITY_VERSION, IGNORED_FIELDS, identity_fields, upgrade_fields
@@ -62,7 +63,7 @@ class MethodSpec:
         return IGNORED_FIELDS.get(self.name, ())
 
 
-# -- method-specific rules (fields alone are checked by config.check_fields) --------------------------
+# -- method-specific rules (fields alone are checked by config_checks.check_fields) --------------------------
 def calls_before_search(cfg: RunConfig) -> tuple[int, int]:
     """(calls, calls per adapted layer) a layer-wise search spends before its first generation: the start's
     score (z = 0, the elitist reference: search/loop.py ``start``) and the fitness calibration of the scales."""
@@ -137,7 +138,7 @@ def _check_patchable(cfg: RunConfig, num_layers: int | None, model_type: str | N
 
 
 def _check_zo(cfg: RunConfig, num_layers: int | None, model_type: str | None) -> None:
-    """The ZO family's options together (each field alone: config.check_fields)."""
+    """The ZO family's options together (each field alone: config_checks.check_fields)."""
     b = cfg.baseline
     if b.zo_params in ("prefix", "prompt") or b.zo_block or b.zo_hybrid_layers:
         _patchable(cfg, model_type)  # the layer list of the architecture table

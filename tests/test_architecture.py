@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("models",),
     ("lowrank",),
     ("optim",),
-    ("config", "identity"),
+    ("config", "config_checks", "identity"),
     ("methods",),
     ("experiment",),
     ("search",),
