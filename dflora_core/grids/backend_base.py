@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 from ..config import RunConfig
 from ..errors import ConfigError
@@ -158,17 +158,29 @@ class Failure:
         return f"dflora: run failed: {self.run.describe()} ({self.run.folder}): {self.error}"
 
 
+class RunHooks(Protocol):
+    """What the top floor attaches to a grid's runs (a tracker, lab/tracking): callbacks for a run in this
+    process, and a word when a run that executed elsewhere (a local process, Ray) has finished."""
+
+    def callbacks(self, cfg: RunConfig, folder: Path, tags: dict | None = None) -> dict[str, Any]: ...
+
+    def finished(self, folder: Path) -> None: ...
+
+
 @dataclass
 class Report:
-    """Collects the runs that failed for good and tells the bar about every finished run."""
+    """Collects the runs that failed for good and tells the bar (and the hooks) about every finished run."""
 
     bar: GridBar
     failures: list[Failure] = field(default_factory=list)
+    hooks: RunHooks | None = None
 
     def finished(self, run: Pending, error: str | None = None) -> None:
         if error is not None:
             self.failures.append(Failure(run, error))
             self.bar.write(self.failures[-1].line())
+        elif self.hooks is not None:
+            self.hooks.finished(run.folder)
         self.bar.finish(run.describe(), ok=error is None)
 
 
