@@ -297,7 +297,7 @@ def make_parser() -> argparse.ArgumentParser:
     from .tuned import export, predict, reproduce
 
     for name, add, text in (
-        ("export", export.add_arguments, "a tuned run as a PEFT adapter, a merged model or BBT prompts"),
+        ("export", export.add_arguments, "a tuned run as a PEFT adapter, a merged model, BBT prompts or lm-eval results"),
         ("predict", predict.add_predict, "classify texts with a tuned run: label and class probabilities"),
         ("evaluate", predict.add_evaluate, "score a tuned run on its test set or another task's"),
         ("reproduce", reproduce.add_arguments, "rerun a finished run from its record and compare"),
