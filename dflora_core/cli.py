@@ -196,9 +196,12 @@ def cmd_run(args) -> int:
     if args.resume and args.overwrite:
         raise DfloraError("--resume continues a run, --overwrite restarts it: choose one")
     cfg = build_config(args)
+    from .lab.tracking.command import tracker_of
+
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        rec = run(cfg, out=out, resume=args.resume, overwrite=args.overwrite)
+        with tracker_of(args) as tracker:  # an interrupted run's tracker runs are closed as killed
+            rec = run(cfg, out=out, resume=args.resume, overwrite=args.overwrite, **tracker.callbacks(cfg, out))
     except KeyboardInterrupt:
         where = f"dflora run ... --out {out} --resume" if out else "the same command (no --out: nothing was kept)"
         print(f"interrupted; continue with: {where}", file=sys.stderr)
@@ -212,6 +215,15 @@ def cmd_run(args) -> int:
         if out:
             print(f"record: {Path(out) / 'record.json'}")
     return 0
+
+
+def cmd_compare(args) -> int:
+    """`dflora compare` with the trackers of --log-to (or its profile's tracking:) attached to its runs."""
+    from .grids.compare import _cmd
+    from .lab.tracking.command import tracker_of
+
+    with tracker_of(args, args.config) as tracker:
+        return _cmd(args, hooks=tracker if tracker.active else None)
 
 
 def cmd_config(args) -> int:
@@ -269,6 +281,9 @@ def make_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="run again in --out from scratch (a finished record is kept aside)"
     )
     p.add_argument("--json", action="store_true")
+    from .lab.tracking.command import add_flags as add_tracking
+
+    add_tracking(p)
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("config", help="print the resolved configuration as YAML")
     _add_run_flags(p)
@@ -276,13 +291,19 @@ def make_parser() -> argparse.ArgumentParser:
     from .bench.cli import add_parser as add_bench
     from .grids.compare import add_arguments as add_compare
 
-    add_compare(sub.add_parser("compare", help="run methods x tasks x seeds and render the main table"))
+    p = sub.add_parser("compare", help="run methods x tasks x seeds and render the main table")
+    add_compare(p)
+    add_tracking(p)
+    p.set_defaults(fn=cmd_compare)
     add_bench(sub.add_parser("bench", help="speed, fidelity and memory benchmarks (benchmarks/README.md)"))
+    from .lab.tracking import command as tracking
+
+    tracking.add_arguments(sub.add_parser("log", help="replay finished runs into TensorBoard, MLflow or W&B"))
     # using a tuned run (docs/export.md): the parsers live beside their commands in the workbench
     from .tuned import export, predict, reproduce
 
     for name, add, text in (
-        ("export", export.add_arguments, "a tuned run as a PEFT adapter, a merged model or BBT prompts"),
+        ("export", export.add_arguments, "a tuned run as a PEFT adapter, a merged model, BBT prompts or lm-eval results"),
         ("predict", predict.add_predict, "classify texts with a tuned run: label and class probabilities"),
         ("evaluate", predict.add_evaluate, "score a tuned run on its test set or another task's"),
         ("reproduce", reproduce.add_arguments, "rerun a finished run from its record and compare"),

@@ -143,8 +143,12 @@ def _check_zo(cfg: RunConfig, num_layers: int | None, model_type: str | None) ->
     if b.zo_params in ("prefix", "prompt") or b.zo_block or b.zo_hybrid_layers:
         _patchable(cfg, model_type)  # the layer list of the architecture table
     if cfg.method == "es-full":
-        for name, off in (("zo_params", b.zo_params in ("lora", "all")), ("zo_block", not b.zo_block),
-                          ("zo_hybrid_layers", not b.zo_hybrid_layers), ("zo_sparsity", not b.zo_sparsity)):
+        for name, off in (
+            ("zo_params", b.zo_params in ("lora", "all")),
+            ("zo_block", not b.zo_block),
+            ("zo_hybrid_layers", not b.zo_hybrid_layers),
+            ("zo_sparsity", not b.zo_sparsity),
+        ):
             if not off:
                 raise ConfigError(f"baseline.{name}", "es-full perturbs every weight at once (Qiu et al. 2025); "
                                   "its options are baseline.es_population, es_sigma and lr")  # fmt: skip
@@ -281,9 +285,11 @@ LEGACY_CHECKPOINT = "checkpoint.pkl"  # dflora 0.1 wrote pickles: never loaded
 
 @dataclass
 class RunContext:
-    """The run folder (None: nothing is written), whether to resume, and the notebook callbacks.
+    """The run folder (None: nothing is written), whether to resume, and the callbacks (live views, trackers).
 
-    Callbacks: ``on_start(search)``, ``on_generation(search, gen)``, ``on_eval(search_or_method, row)``.
+    Callbacks: ``on_start(search_or_method)``, ``on_generation(search, gen)`` (a layer-wise search),
+    ``on_step(method, row)`` (the step-based peers), ``on_eval(search_or_method, row)``; ``runner.run``
+    also calls ``on_finish(record)``. ``chain_callbacks`` joins several sets.
     ``identity`` (the run's ``config.identity_fields``) is stored with every checkpoint and
     checked on resume, so a checkpoint is never continued under another configuration.
     """
@@ -368,6 +374,26 @@ class RunContext:
                 f"{self.path / CHECKPOINT}: malformed run checkpoint ({type(err).__name__}: {err}); "
                 "restart the run with --overwrite (runs are deterministic: same result)"
             ) from err
+
+
+def chain_callbacks(*sets: dict[str, Callable[..., Any]] | None) -> dict[str, Callable[..., Any]]:
+    """One set of callbacks calling those of every set in order (a live view and a tracker on one run)."""
+    by_name: dict[str, list[Callable[..., Any]]] = {}
+    for callbacks in sets:
+        for name, fn in (callbacks or {}).items():
+            by_name.setdefault(name, []).append(fn)
+
+    def joined(fns: list[Callable[..., Any]]) -> Callable[..., Any]:
+        if len(fns) == 1:
+            return fns[0]
+
+        def call(*args: Any) -> None:
+            for fn in fns:
+                fn(*args)
+
+        return call
+
+    return {name: joined(fns) for name, fns in by_name.items()}
 
 
 def _diff(old: Any, new: dict[str, Any]) -> str:

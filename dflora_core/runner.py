@@ -70,7 +70,8 @@ def run(
     ``resume=True`` continues an interrupted run from its checkpoint (or returns a finished
     record unchanged); ``overwrite=True`` runs again from scratch, keeping a finished record
     aside. The folder is locked while the run writes it. Callbacks: on_start(search),
-    on_generation(search, gen), on_eval(search, row).
+    on_generation(search, gen), on_step(method, row) (the step-based peers), on_eval(search, row),
+    on_finish(record) (the finished record, once written; not called for a record read back).
     """
     cfg = from_dict(cfg) if isinstance(cfg, dict) else cfg
     with files_outside_allowed(cfg.data.allow_task_files_outside):  # the user's permission travels in the config
@@ -141,6 +142,9 @@ def _run_method(cfg: RunConfig, folder: RunFolder | None, resume: bool, loaded, 
         result["deterministic_algorithms"] = torch.are_deterministic_algorithms_enabled()
     if folder is not None:
         folder.write(record)
+    finish = callbacks.get("on_finish")
+    if finish is not None:
+        finish(record)
     return record
 
 

@@ -78,8 +78,11 @@ print(
     f"popsize {cfg0.optim.popsize}, budget {cfg0.search.budget} calls"
 )
 loaded = load_model(cfg0.model.name, cfg0.model.device)
+tracker = prof.tracker()  # the profile's `tracking:` (TensorBoard, MLflow, W&B; docs/tracking.md): none by default
 sessions = {
-    p.cfg.method: live.TrainingSession(p, root, loaded, params.interactive, prof.name, prof.training.more_generations)
+    p.cfg.method: live.TrainingSession(
+        p, root, loaded, params.interactive, prof.name, prof.training.more_generations, tracker=tracker
+    )
     for p in plan
 }
 
@@ -113,6 +116,7 @@ for m in rest:
 # %%
 for m in rest:
     records[m] = sessions[m].finish()
+tracker.close()
 
 # %% [markdown]
 # ## Final test score against zero-shot

@@ -90,7 +90,9 @@ print(
 
 # %%
 progress = live.GridProgress(params.interactive)
-records = plans.run_plan(plan_main + plan_abl + plan_noopt, root, progress, prof.backend)
+tracker = prof.tracker()  # the profile's `tracking:` (TensorBoard, MLflow, W&B; docs/tracking.md): none by default
+records = plans.run_plan(plan_main + plan_abl + plan_noopt, root, progress, prof.backend, hooks=tracker)
+tracker.close()
 progress.close()
 noopt = collect.noopt_records(prof, records)
 
@@ -125,7 +127,9 @@ for study in [s for s in plans.STUDIES if s in chosen]:
         title = f"Ablation: {plans.STUDY_TITLES[study]}: test metric x 100, mean (std) over seeds"
     display(Markdown(f"**{title}**"))
     display(t)
-    study_recs = [idx[p.key] for p in plan_abl if p.study == study and p.key in idx] + (noopt if study == "init" else [])
+    study_recs = [idx[p.key] for p in plan_abl if p.study == study and p.key in idx] + (
+        noopt if study == "init" else []
+    )
     tables.write_table(t, figdir, f"table_{study}", f"{title} ({prof.label}).", study_recs)
 
 # %% [markdown]

@@ -172,7 +172,8 @@ class StepMethod:
     """One method that takes steps on the trainable tensors (gradient, zeroth order, forward gradient).
 
     Subclasses implement ``step(batch: EncodedSet) -> float`` (the train loss seen) and keep
-    their own optimizer state in ``opt_state()`` / ``load_opt_state``.
+    their own optimizer state in ``opt_state()`` / ``load_opt_state``. ``history`` and ``dev_curve``
+    are the rows of the run in progress (``run_steps`` keeps them), read by callbacks as a search's.
     """
 
     def __init__(self, exp: Experiment, params: dict[str, torch.Tensor], lr: float):
@@ -180,6 +181,8 @@ class StepMethod:
         self.forward_rows = 0
         self.backward_rows = 0
         self.jvp_rows = 0
+        self.history: list[dict] = []
+        self.dev_curve: list[dict] = []
 
     def step(self, batch: EncodedSet, step: int) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -208,7 +211,11 @@ def restore(params: dict[str, torch.Tensor], snap: dict[str, torch.Tensor]) -> N
 
 
 def run_steps(method: StepMethod, exp: Experiment, ctx: RunContext) -> dict:
-    """Take the planned steps with dev-based model selection; leaves the best-dev state installed."""
+    """Take the planned steps with dev-based model selection; leaves the best-dev state installed.
+
+    Callbacks: ``on_start(method)`` once (after a resume), ``on_step(method, row)`` after every step
+    and its dev evaluations (``row``: the step's history row), ``on_eval(method, row)`` per dev row.
+    """
     cfg = exp.cfg
     plan = plan_budget(cfg, len(exp.train))
     rng = generator(cfg.seed, "step_order", scheme=cfg.seed_scheme)
@@ -235,7 +242,8 @@ def run_steps(method: StepMethod, exp: Experiment, ctx: RunContext) -> dict:
             state, best = ckpt["state"], ckpt["best"]
             selection.load_state_dict(ckpt["selection"])
             tests.load_state_dict(ckpt["tests"])
-    on_eval = ctx.callback("on_eval")
+    method.history, method.dev_curve = state["history"], selection.curve  # the lists the run appends to
+    on_eval, on_step = ctx.callback("on_eval"), ctx.callback("on_step")
 
     def evaluate_dev() -> None:
         nonlocal best
@@ -270,6 +278,9 @@ def run_steps(method: StepMethod, exp: Experiment, ctx: RunContext) -> dict:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=plan.steps, initial=state["step"], disable=not cfg.progress, unit="step", desc=cfg.method)
+    start = ctx.callback("on_start")
+    if start is not None:
+        start(method)
     try:
         if state["step"] == 0 and not selection.curve and cfg.search.select_start:
             evaluate_dev()
@@ -285,10 +296,13 @@ def run_steps(method: StepMethod, exp: Experiment, ctx: RunContext) -> dict:
                 take, state["order"] = take + perm[:need], perm[need:]
             t0 = time.perf_counter()
             loss = method.step(subset(exp.train, take), state["step"])
-            state["seconds"] += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            state["seconds"] += seconds
             state["step"] += 1
             state["calls"] += plan.cost_per_step
-            state["history"].append({"step": state["step"], "calls": state["calls"], "loss": loss})
+            row = {"step": state["step"], "calls": state["calls"], "loss": loss, "seconds": seconds,
+                   "forward_passes": method.forward_rows, "backward_passes": method.backward_rows}  # fmt: skip
+            state["history"].append(row)
             if not math.isfinite(loss):
                 raise DfloraError(f"{cfg.method}: the train loss became {loss} at step {state['step']}; lower the lr")
             bar.update(1)
@@ -306,6 +320,8 @@ def run_steps(method: StepMethod, exp: Experiment, ctx: RunContext) -> dict:
                 evaluate_dev()  # a test_at point selects among everything up to this step
             for target in due:
                 test_snapshot(target)
+            if on_step is not None:  # after the step's dev evaluations, as a search's on_generation
+                on_step(method, row)
             if selection.out_of_patience(state["calls"]):
                 break
         if not selection.curve or selection.curve[-1]["step"] != state["step"]:

@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 from ..config import RunConfig
 from ..errors import ConfigError, DfloraError
@@ -184,12 +184,22 @@ class Failure:
         return f"dflora: run failed: {self.run.describe()} ({where}): {self.error}"
 
 
+class RunHooks(Protocol):
+    """What the top floor attaches to a grid's runs (a tracker, lab/tracking): callbacks for a run in this
+    process, and a word when a run that executed elsewhere (a local process, Ray) has finished."""
+
+    def callbacks(self, cfg: RunConfig, folder: Path, tags: dict | None = None) -> dict[str, Any]: ...
+
+    def finished(self, folder: Path) -> None: ...
+
+
 @dataclass
 class Report:
-    """Collects the runs that failed for good and tells the bar about every finished run."""
+    """Collects the runs that failed for good and tells the bar (and the hooks) about every finished run."""
 
     bar: GridBar
     failures: list[Failure] = field(default_factory=list)
+    hooks: RunHooks | None = None
 
     def finished(self, run: Pending, error: str | None = None) -> None:
         failed_log = run.folder.with_name(run.folder.name + FAILED_LOG)
@@ -198,6 +208,8 @@ class Report:
             self.bar.write(self.failures[-1].line())
         else:
             failed_log.unlink(missing_ok=True)  # an earlier failure of this run: it has its record now
+            if self.hooks is not None:
+                self.hooks.finished(run.folder)
         self.bar.finish(run.describe(), ok=error is None)
 
 

@@ -36,6 +36,7 @@ from .backend_base import (
     GridBar,
     Pending,
     Report,
+    RunHooks,
     check_backend,
     run_environment,
     run_threads,
@@ -54,11 +55,13 @@ def pending_runs(configs: Sequence[RunConfig], root: Path, tags: Iterable[dict] 
 
 
 def execute(configs: Sequence[RunConfig], root: str | Path, tags: Iterable[dict] | None = None,
-            spec: BackendSpec | None = None, bar: GridBar | None = None) -> list[Failure]:  # fmt: skip
+            spec: BackendSpec | None = None, bar: GridBar | None = None,
+            hooks: RunHooks | None = None) -> list[Failure]:  # fmt: skip
     """Run the grid's unfinished configs on ``spec``'s backend; returns the runs that failed for good.
 
     Finished runs are skipped (and counted as done on the bar); each failure is reported in
-    one line as it happens; the caller reads the records back (``grid.run_grid``).
+    one line as it happens; the caller reads the records back (``grid.run_grid``). ``hooks``: the
+    callbacks of a run in this process, or a word when a run elsewhere has finished (its folder).
     """
     spec = check_backend(spec or BackendSpec(name="local"))
     root = Path(root).expanduser().resolve()
@@ -68,7 +71,7 @@ def execute(configs: Sequence[RunConfig], root: str | Path, tags: Iterable[dict]
     if not pending:
         return []
     own = bar is None
-    report = Report(bar or GridBar(len(configs), len(configs) - len(pending)))
+    report = Report(bar or GridBar(len(configs), len(configs) - len(pending)), hooks=hooks)
     try:
         if spec.name == "ray":
             from .rayrun import run_on_ray
@@ -77,9 +80,10 @@ def execute(configs: Sequence[RunConfig], root: str | Path, tags: Iterable[dict]
         elif spec.name == "local":
             run_local(pending, root, spec.jobs, report)
         else:
+            report.hooks = None  # here the hooks see the runs live, through their callbacks
             for run in pending:
                 report.bar.set_running(1)
-                run_grid([run.cfg], root, [run.tags])
+                run_grid([run.cfg], root, [run.tags], hooks=hooks)
                 report.finished(run)
     finally:
         if own:

@@ -49,7 +49,7 @@ from ..errors import ConfigError, DfloraError
 from ..experiment import Experiment
 from ..reports.tables import VS_CAPTION, comparison_table, frame, to_markdown
 from ..results.record import RunRecord
-from .backend_base import BACKENDS, CONNECT_TIMEOUT, BackendSpec, GridBar, check_backend, stderr_line
+from .backend_base import BACKENDS, CONNECT_TIMEOUT, BackendSpec, GridBar, RunHooks, check_backend, stderr_line
 from .backends import execute
 from .grid import finished_run, run_grid
 
@@ -166,6 +166,7 @@ def compare(
     table_only: bool = False,
     backend: BackendSpec | None = None,
     vs: str | None = None,
+    hooks: RunHooks | None = None,
 ) -> dict:
     """Run the grid (skipping recorded runs), render the table; returns paths, records, the Markdown
     and the runs that failed for good (``failures``, each already reported in one line).
@@ -173,6 +174,7 @@ def compare(
     ``backend``: where the pending runs execute (default: local processes, one at a time;
     ``isolate=False``: this process). ``table_only``: run nothing, render the runs of the grid
     that are already recorded. ``vs``: one of ``method_names``, the reference of the paired differences.
+    ``hooks``: a tracker (lab/tracking): live callbacks in this process, else each run's folder once it finished.
     """
     root = Path(root)
     if vs is not None and vs not in method_names:
@@ -183,12 +185,12 @@ def compare(
     pending = [c for c, rec in zip(configs, finished, strict=True) if rec is None]
     failures = []
     if not table_only and spec.name == "inprocess":
-        records = run_grid(configs, root, on_record=on_record)
+        records = run_grid(configs, root, on_record=on_record, hooks=hooks)
     else:
         if not table_only and pending:
             bar = GridBar(len(configs), len(configs) - len(pending), log=stderr_line)  # lines where no terminal
             try:
-                failures = execute(configs, root, spec=spec, bar=bar)
+                failures = execute(configs, root, spec=spec, bar=bar, hooks=hooks)
             finally:
                 bar.close()
             finished = [finished_run(root, c) for c in configs]
@@ -219,10 +221,10 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt  # SIGTERM ends a grid like Ctrl-C: its runs stop at their last checkpoint
 
 
-def _cmd(args) -> int:
+def _cmd(args, hooks: RunHooks | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return _compare_cmd(args)
+        return _compare_cmd(args, hooks)
     except KeyboardInterrupt:
         print("interrupted; the same command again runs only what is missing (finished runs are kept, "
               "interrupted ones resume from their checkpoint)", file=sys.stderr)  # fmt: skip
@@ -231,7 +233,7 @@ def _cmd(args) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _compare_cmd(args) -> int:
+def _compare_cmd(args, hooks: RunHooks | None) -> int:
     try:
         seeds = [int(s) for s in _split(args.seeds)]
     except ValueError:
@@ -257,6 +259,7 @@ def _compare_cmd(args) -> int:
         table_only=args.table_only,
         backend=backend_of(args),
         vs=args.vs,
+        hooks=hooks,
     )
     print(out["markdown"])
     print(f"wrote {out['table_md']}, {out['table_csv']} and {out['runs_csv']} ({out['ran']} new runs)")
@@ -301,8 +304,12 @@ def add_arguments(p) -> None:
     p.add_argument("--set", action="append", metavar="[METHOD:]KEY=VALUE", help="a config field (YAML value)")
     p.add_argument("--in-process", action="store_true", help="run in this process (CPU memory then cumulative)")
     p.add_argument("--backend", choices=BACKENDS, default=None, help="where runs execute (default: local processes)")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="local backend: runs at a time, each its own process (0: as many as the GPU holds, one per core on a CPU)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="local backend: runs at a time, each its own process (0: as many as the GPU holds, one per core on a CPU)",
+    )
     p.add_argument("--address", default=None, help="ray: a cluster to join (default: a local instance on 127.0.0.1)")
     p.add_argument("--cpus-per-run", type=float, default=None, help="ray: CPUs per run (default: its threads, or 1)")
     p.add_argument("--gpus-per-run", type=float, default=0.0, help="ray: GPUs per run; fractions share a GPU")

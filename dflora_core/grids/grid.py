@@ -18,8 +18,10 @@ from typing import Any
 from ..config import RunConfig
 from ..errors import DfloraError, RunBusyError
 from ..identity import identity, identity_aliases
+from ..methods import chain_callbacks
 from ..results.record import RunFolder, RunRecord
 from ..runner import run, same_run
+from .backend_base import RunHooks
 
 
 def task_folder(task: str) -> str:
@@ -85,6 +87,7 @@ def run_grid(
     tags: Iterable[dict] | None = None,
     on_record=None,
     skip_busy: bool = False,
+    hooks: RunHooks | None = None,
     **callbacks,
 ) -> list[RunRecord]:
     """Run every config (finished ones are read back, unfinished ones resumed); returns the records.
@@ -92,6 +95,7 @@ def run_grid(
     The model is loaded once per model name and shared by the runs that use it. ``skip_busy``: a run
     that another process is running (its folder's lock is held) is left to it, said on stderr and
     missing from the records, instead of stopping the grid; so two drivers of one grid share its runs.
+    ``hooks``: per-run callbacks (a tracker) beside ``callbacks``, which every run shares.
     """
     import sys
 
@@ -107,8 +111,10 @@ def run_grid(
             if cfg.model.name not in loaded:
                 loaded.clear()  # one model in memory at a time
                 loaded[cfg.model.name] = load_model(cfg.model.name, cfg.model.device)
+            own = hooks.callbacks(cfg, out, tag) if hooks is not None else None
             try:
-                rec = run(cfg, out=out, resume=True, loaded=loaded[cfg.model.name], tags=tag, **callbacks)
+                rec = run(cfg, out=out, resume=True, loaded=loaded[cfg.model.name], tags=tag,
+                          **chain_callbacks(callbacks, own))  # fmt: skip
             except RunBusyError as exc:
                 if not skip_busy:
                     raise

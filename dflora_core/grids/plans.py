@@ -17,7 +17,7 @@ from .. import methods
 from ..config import RunConfig
 from ..errors import DfloraError
 from ..identity import identity
-from .backend_base import BackendSpec
+from .backend_base import BackendSpec, RunHooks
 from .backends import execute
 from .grid import is_recorded, run_grid
 
@@ -147,7 +147,8 @@ def unique_runs(plan: Iterable[PlannedRun]) -> list[PlannedRun]:
     return list(seen.values())
 
 
-def run_plan(plan: Iterable[PlannedRun], root: str | Path, progress=None, backend: BackendSpec | None = None) -> list:
+def run_plan(plan: Iterable[PlannedRun], root: str | Path, progress=None, backend: BackendSpec | None = None,
+             hooks: RunHooks | None = None) -> list:  # fmt: skip
     """Run every distinct configuration of the plan (recorded ones are read back); returns the records.
 
     In this process by default: one ``run_grid`` call, so the model is loaded once.
@@ -155,6 +156,7 @@ def run_plan(plan: Iterable[PlannedRun], root: str | Path, progress=None, backen
     ``callbacks()`` (the runner callbacks of the run in progress) and ``grid_bar(total, done)``,
     e.g. live.GridProgress. ``backend``: a profile's ``backend`` section; local processes or
     Ray run the pending runs elsewhere (backends.execute), then the records are read back.
+    ``hooks``: a tracker (lab/tracking), attached to every run that runs.
     """
     runs = unique_runs(plan)
     if not runs:
@@ -163,13 +165,13 @@ def run_plan(plan: Iterable[PlannedRun], root: str | Path, progress=None, backen
     cached = [is_recorded(root, p.cfg) for p in runs] if progress is not None else []
     if backend is not None and backend.name != "inprocess":
         bar = progress.grid_bar(len(runs), sum(cached)) if progress is not None else None
-        failures = execute(configs, root, tags, backend, bar)
+        failures = execute(configs, root, tags, backend, bar, hooks)
         if failures:
             raise DfloraError(f"{len(failures)} of {len(runs)} runs failed (each named above); "
                               "running the plan again runs only what is missing")  # fmt: skip
         return run_grid(configs, root, tags)
     if progress is None:
-        return run_grid(configs, root, tags)
+        return run_grid(configs, root, tags, hooks=hooks)
     state = {"i": 0}
 
     def on_record(rec) -> None:
@@ -179,4 +181,4 @@ def run_plan(plan: Iterable[PlannedRun], root: str | Path, progress=None, backen
             progress.start_run(state["i"], len(runs), runs[state["i"]], cached[state["i"]])
 
     progress.start_run(0, len(runs), runs[0], cached[0])
-    return run_grid(configs, root, tags, on_record=on_record, **progress.callbacks())
+    return run_grid(configs, root, tags, on_record=on_record, hooks=hooks, **progress.callbacks())

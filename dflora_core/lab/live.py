@@ -197,6 +197,7 @@ class TrainingSession:
         more_generations: int = 5,
         log: Callable[[str], None] = log_line,
         show_figure: bool = True,
+        tracker=None,
     ):
         self.planned, self.cfg = planned, planned.cfg
         self.root = Path(root)
@@ -210,6 +211,9 @@ class TrainingSession:
         self.progress = RunProgress(f"{self.cfg.method}", interactive, log)
         self.record = self._finished()
         self.zero_shot_value = None
+        # a tracker (lab/tracking) follows the run live, generations driven here or by finish() alike
+        fresh = tracker is not None and self.record is None
+        self.tracking = tracker.callbacks(self.cfg, self.out, planned.tags) if fresh else {}
 
     def _finished(self) -> RunRecord | None:
         return RunFolder(self.out).finished()
@@ -250,6 +254,7 @@ class TrainingSession:
         if state is not None:
             with ctx.restoring():
                 self.search.load_state_dict(state)
+        self._track("on_start", self.search)
         self.search.start()
         self.progress.start(self.search)
 
@@ -285,12 +290,19 @@ class TrainingSession:
         _display(W.VBox([W.HBox([n, button, status]), out]))
 
     # -- driving ------------------------------------------------------------------------------------
+    def _track(self, name: str, *args) -> None:
+        hook = self.tracking.get(name)
+        if hook is not None:
+            hook(*args)
+
     def _on_generation(self, search, gen) -> None:
         self.progress.generation(search, gen)
+        self._track("on_generation", search, gen)
         if self.view is not None:
             self.view.draw_search(search, self.zero_shot_value)
 
     def _on_eval(self, search, row) -> None:
+        self._track("on_eval", search, row)
         if self.view is not None:
             self.view.draw_search(search, self.zero_shot_value)
 
@@ -315,6 +327,7 @@ class TrainingSession:
             "on_start": self._on_runner_start,
             "on_generation": self._on_generation,
             "on_eval": self._on_eval,
+            "on_finish": lambda rec: self._track("on_finish", rec),
         }
         try:
             rec = run(self.cfg, out=self.out, resume=True, loaded=self.loaded, tags=self.planned.tags, **callbacks)
@@ -334,6 +347,7 @@ class TrainingSession:
         return rec
 
     def _on_runner_start(self, search) -> None:
+        self._track("on_start", search)
         self.progress.start(search)
         if self.view is not None:
             self.view.draw_search(search, self.zero_shot_value, force=True)

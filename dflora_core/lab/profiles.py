@@ -21,6 +21,7 @@ before any model is.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +36,7 @@ from ..lowrank.arch import TARGET_LETTERS
 from ..lowrank.hidden_stats import SOURCES
 from ..lowrank.projection import INITS
 from ..models.registry import check_model_name, peek_model
+from .tracking.hub import Tracker, TrackingSpec, check_spec
 
 PREFER = ("committed", "local")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -127,6 +129,8 @@ class Profile:
     # where notebook 04's grid runs (grids/backends.py): in the kernel by default; `name: local, jobs: N`
     # or `name: ray` (cpus_per_run, gpus_per_run, address ...) for a many-core machine, a GPU, a cluster
     backend: BackendSpec = field(default_factory=BackendSpec)
+    # where notebooks 03/04 log their runs live: `to: [tensorboard, mlflow, wandb]`, `dir`, `group` (docs/tracking.md)
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
     source: str = ""  # the YAML file it came from (set by load_profile)
 
     # -- derived ----------------------------------------------------------------------------
@@ -156,6 +160,12 @@ class Profile:
         if figures_dir:
             out.figures_dir = str(figures_dir)
         return out
+
+    def tracker(self) -> Tracker:
+        """The trackers of the ``tracking`` section (a relative folder is relative to the repository; the
+        group is the profile's name unless given); without sinks it logs nothing and imports nothing."""
+        return Tracker(dataclasses.replace(self.tracking, dir=str(_absolute(self.tracking.dir)),
+                                           group=self.tracking.group or self.name))  # fmt: skip
 
     @property
     def label(self) -> str:
@@ -224,6 +234,7 @@ def validate_profile(p: Profile) -> Profile:
     _check(bool(p.name), "name", "a profile needs a name")
     _check(p.threads >= 0, "threads", "must be >= 0 (0 = torch's default)")
     check_backend(p.backend)
+    check_spec(p.tracking)
     for section, spec in (("run", p.run), ("ablations.run", p.ablations.run)):
         _check(isinstance(spec, dict), section, "expected a mapping of RunConfig overrides")
     try:

@@ -63,6 +63,7 @@ class Generation:
     accepted: bool  # the layer's update changed
     config_fitness: float | None  # fitness of the whole current configuration (elitist: exact)
     seconds: float  # wall time of the fitness evaluations
+    forward_passes: int | None = None  # example sequences through the model so far (None: rows before it was kept)
 
 
 class LayerwiseSearch:
@@ -236,6 +237,7 @@ class LayerwiseSearch:
             accepted=accepted,
             config_fitness=self.current_fitness,
             seconds=time.perf_counter() - t0,
+            forward_passes=self.evaluator.forward_rows,
         )
         self.history.append(gen)
         self.generation += 1
@@ -297,7 +299,9 @@ class LayerwiseSearch:
 
     def score_dev_now(self) -> None:
         """Under the "periodic+final" rule, score dev on the current state unless it already was."""
-        if self.cfg.search.dev_rule == "periodic+final" and (not self.dev_curve or self.dev_curve[-1]["calls"] != self.calls):
+        if self.cfg.search.dev_rule == "periodic+final" and (
+            not self.dev_curve or self.dev_curve[-1]["calls"] != self.calls
+        ):
             self.evaluate_dev()
 
     def finish(self) -> None:

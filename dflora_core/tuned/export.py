@@ -11,8 +11,10 @@
   (safetensors, config, tokenizer); a GGUF-loaded base is first rebuilt without its
   quantization config (``models.packaged.plain_model``).
 - ``prompts``: the prompts of BBT / BBTv2 as one safetensors file (``prompts.safetensors``).
+- ``lm-eval``: the test score in lm-evaluation-harness's results format (``tuned/lm_eval.py``), from
+  the record alone (any method's run; no model is loaded).
 
-Every export writes ``dflora_classifier.json`` beside it (``tuned.classifier.classifier_card``):
+Every export but ``lm-eval`` writes ``dflora_classifier.json`` beside it (``tuned.classifier.classifier_card``):
 template, verbalizer, label token ids and, for a calibrated search, the label bias that PEFT and
 transformers cannot express (add it to the verbalizer logits). The files are written into a hidden
 sibling folder that is renamed to ``--out`` when complete: a full disk leaves no partial export.
@@ -24,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,9 +38,10 @@ from ..fileio import atomic_write_json
 from ..lowrank.patching import LowRankWrapper
 from ..methods import is_layerwise_lora
 from ..models.packaged import plain_model
+from . import lm_eval
 from .classifier import PROMPT_METHODS, Tuned, classifier_card, finished_record, load_tuned
 
-FORMATS = ("peft", "merged", "prompts")
+FORMATS = ("peft", "merged", "prompts", "lm-eval")
 CARD = "dflora_classifier.json"
 PROMPTS = "prompts.safetensors"
 START_TEXT = {"peft": "the adapter is zero (PEFT adds nothing to the base model)",
@@ -222,6 +226,8 @@ def _write(tuned: Tuned, fmt: str, folder: Path) -> None:
 def _check_format(rec, fmt: str) -> None:
     if fmt not in FORMATS:
         raise DfloraError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
+    if fmt == "lm-eval":  # every finished run has a test score
+        return
     if rec.method in PROMPT_METHODS and fmt != "prompts":
         raise DfloraError(f"{rec.folder}: {rec.method} tunes prompts, not weights: export it with --format prompts")
     if is_layerwise_lora(rec.method) and fmt == "prompts":
@@ -231,39 +237,51 @@ def _check_format(rec, fmt: str) -> None:
                           "layer-wise low-rank methods and bbt, bbtv2)")  # fmt: skip
 
 
-def export(run_dir: str | Path, fmt: str, out: str | Path, which: str = "z_best_dev", force: bool = False,
-           loaded=None) -> dict:  # fmt: skip
-    """Write the export of a finished run to ``out`` (a folder); returns what was written.
-
-    The files are written into a hidden sibling folder that becomes ``out`` only when complete: a
-    failure (a full disk) removes it, and ``out`` is as it was (so the same command can be retried).
-    """
+def _staged(out: Path, write: Callable[[Path], None]) -> None:
+    """``write(folder)`` into a hidden sibling folder that becomes ``out`` only when complete: a failure
+    (a full disk) removes it, and ``out`` is as it was (so the same command can be retried)."""
     from safetensors import SafetensorError
 
-    rec = finished_record(run_dir)
-    _check_format(rec, fmt)
-    out = Path(out)
-    _check_out(out, force)
-    tuned = load_tuned(run_dir, which, loaded, what="export")
     staging = None
     try:
-        start = selected_start(tuned)
-        card = classifier_card(tuned)
         staging = _staging(out)
-        _write(tuned, fmt, staging)
-        tuned.close()
-        atomic_write_json(staging / CARD, card)
+        write(staging)
         _into_place(staging, out)
     except (OSError, SafetensorError) as err:  # the disk, not the run: said in one line
         why = getattr(err, "strerror", None) or str(err).splitlines()[0]
         raise DfloraError(f"--out {out}: the export failed ({why}); the partial export was removed, "
                           f"{'nothing was written' if not out.exists() else f'{out} is as it was'}") from None  # fmt: skip
     finally:
-        tuned.close()
         if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def export(run_dir: str | Path, fmt: str, out: str | Path, which: str = "z_best_dev", force: bool = False,
+           loaded=None) -> dict:  # fmt: skip
+    """Write the export of a finished run to ``out`` (a folder, whole or not at all); returns what was written."""
+    rec = finished_record(run_dir)
+    _check_format(rec, fmt)
+    out = Path(out)
+    _check_out(out, force)
+    card, start = None, False
+    if fmt == "lm-eval":  # the record alone
+        _staged(out, lambda folder: atomic_write_json(folder / lm_eval.file_name(rec), lm_eval.lm_eval_results(rec)))
+    else:
+        tuned = load_tuned(run_dir, which, loaded, what="export")
+        try:
+            start = selected_start(tuned)
+            card = classifier_card(tuned)
+
+            def write(folder: Path) -> None:
+                _write(tuned, fmt, folder)
+                tuned.close()
+                atomic_write_json(folder / CARD, card)
+
+            _staged(out, write)
+        finally:
+            tuned.close()
     files = sorted(p.name for p in out.iterdir())
-    bias = card["label_bias"] is not None
+    bias = card is not None and card["label_bias"] is not None
     note = (f"the label bias of the calibrated search is not part of the {fmt} format: it is in {CARD}, "
             "add it to the verbalizer logits") if bias else ""  # fmt: skip
     return {"run": str(run_dir), "format": fmt, "out": str(out), "files": files, "label_bias": bias, "note": note,
@@ -272,7 +290,8 @@ def export(run_dir: str | Path, fmt: str, out: str | Path, which: str = "z_best_
 
 def add_arguments(p) -> None:
     p.add_argument("--run", required=True, help="a finished run folder (record.json + adapter.npz)")
-    p.add_argument("--format", required=True, choices=FORMATS, help="peft adapter, merged model, or BBT prompts")
+    p.add_argument("--format", required=True, choices=FORMATS,
+                   help="peft adapter, merged model, BBT prompts, or the test score as lm-eval results")  # fmt: skip
     p.add_argument("--out", required=True, help="the folder to write (must be new or empty, unless --force)")
     p.add_argument("--which", default="z_best_dev", help="z_best_dev (what the record's test scored) or z_final")
     p.add_argument("--force", action="store_true", help="replace what --out holds")
