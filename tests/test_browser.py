@@ -308,29 +308,29 @@ def test_a_jupytext_source_opens_as_a_notebook_on_the_project_kernel(browser, la
     page.close()
 
 
-# -- notebook 02: the sliders --------------------------------------------------------------------------------
-@pytest.mark.browser
-@pytest.mark.slow
-def test_notebook_02_sliders_render_and_redraw_the_figure(browser, lab):
-    page = browser.open(lab, "prepared/02_projection_init.ipynb")
+# -- notebooks 02 and 06: the sliders ----------------------------------------------------------------------
+def _sliders_redraw(browser, lab, name: str, sliders: list[str], move: str, key: str, dropdowns: int = 0) -> None:
+    """Run All on a prepared notebook, check its interact sliders, move ``move`` one step with ``key`` and wait
+    for the figure under them to be redrawn; no cell error, nothing asked of the internet."""
+    page = browser.open(lab, f"prepared/{name}.ipynb")
     _kernel_ready(page, _project_kernel(), n_cells=10)
     _menu(page, "Run", "runmenu:run-all")
     _all_executed(page)
     interact = page.locator(".widget-interact")
     interact.wait_for()
     labels = interact.locator(".widget-slider .widget-label").all_inner_texts()
-    assert [t.strip() for t in labels] == ["d", "sigma", "alpha", "rank"], labels
-    assert interact.locator(".widget-dropdown").count() == 2
+    assert [t.strip() for t in labels] == sliders, labels
+    assert interact.locator(".widget-dropdown").count() == dropdowns
     figure = interact.locator(".widget-output img")
     figure.wait_for()
     before = figure.get_attribute("src")
-    alpha = interact.locator(".widget-slider", has=page.locator(".widget-label", has_text="alpha"))
-    readout = alpha.locator(".widget-readout")
+    slider = interact.locator(".widget-slider", has=page.locator(".widget-label", has_text=move))
+    readout = slider.locator(".widget-readout")
     value_before = readout.inner_text()
-    handle = alpha.locator(".noUi-handle")
+    handle = slider.locator(".noUi-handle")
     handle.scroll_into_view_if_needed()
     handle.focus()
-    page.keyboard.press("ArrowRight")  # one step of the slider, as a user's arrow key or drag
+    page.keyboard.press(key)  # one step of the slider, as a user's arrow key or drag
     page.wait_for_function(
         "([sel, old]) => { const i = document.querySelector(sel); return i && i.src !== old; }",
         arg=[".widget-interact .widget-output img", before],
@@ -341,40 +341,20 @@ def test_notebook_02_sliders_render_and_redraw_the_figure(browser, lab):
     assert not _cell_errors(page), _cell_errors(page)
     _hide_file_browser(page)
     figure.scroll_into_view_if_needed()
-    _screenshot(page, "02_projection_init")
+    _screenshot(page, name)
     assert not browser.outside, f"the page requested addresses outside the lab server: {browser.outside[:5]}"
     page.close()
 
 
 @pytest.mark.browser
+@pytest.mark.slow
+def test_notebook_02_sliders_render_and_redraw_the_figure(browser, lab):
+    _sliders_redraw(browser, lab, "02_projection_init", ["d", "sigma", "alpha", "rank"], "alpha", "ArrowRight", 2)
+
+
+@pytest.mark.browser
 def test_notebook_06_budget_slider_redraws_the_estimators(browser, lab):
-    page = browser.open(lab, "prepared/06_zeroth_order.ipynb")
-    _kernel_ready(page, _project_kernel(), n_cells=10)
-    _menu(page, "Run", "runmenu:run-all")
-    _all_executed(page)
-    interact = page.locator(".widget-interact")
-    interact.wait_for()
-    labels = interact.locator(".widget-slider .widget-label").all_inner_texts()
-    assert [t.strip() for t in labels] == ["evaluations", "eps_scale"], labels
-    figure = interact.locator(".widget-output img")
-    figure.wait_for()
-    before = figure.get_attribute("src")
-    handle = interact.locator(".widget-slider", has=page.locator(".widget-label", has_text="evaluations")).locator(
-        ".noUi-handle")  # fmt: skip
-    handle.scroll_into_view_if_needed()
-    handle.focus()
-    page.keyboard.press("ArrowLeft")
-    page.wait_for_function(
-        "([sel, old]) => { const i = document.querySelector(sel); return i && i.src !== old; }",
-        arg=[".widget-interact .widget-output img", before],
-        timeout=60_000,
-    )
-    assert not _cell_errors(page), _cell_errors(page)
-    _hide_file_browser(page)
-    figure.scroll_into_view_if_needed()
-    _screenshot(page, "06_zeroth_order")
-    assert not browser.outside, f"the page requested addresses outside the lab server: {browser.outside[:5]}"
-    page.close()
+    _sliders_redraw(browser, lab, "06_zeroth_order", ["evaluations", "eps_scale"], "evaluations", "ArrowLeft")
 
 
 # -- notebook 03: live curves and "run N more generations" ---------------------------------------------------
