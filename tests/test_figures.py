@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from dflora_core.config import RunConfig
+from dflora_core.identity import identity
 from dflora_core.reports import comparison_figures, training_figures
 
 matplotlib.use("Agg")
@@ -149,6 +150,45 @@ def test_the_profile_setting_chooses_the_copy_and_provenance_names_both(tmp_path
     hidden_dir = "runs/c-lora-42" if prefer == "committed" else "results/grid/c-lora-42"
     assert f"| c-lora | sst2 | 42 | {shown_dir} | {hidden_dir} |" in text
     assert "| c-lora | sst2 | 13 | results/grid/c-lora-13 |  |" in text and f"`prefer: {prefer}`" in text
+
+
+def test_a_run_asked_for_auto_that_ran_on_the_cpu_is_the_same_run_as_one_asked_for_cpu(tmp_path):
+    """The committed zero-shot runs asked for ``model.device: auto`` and ran on the CPU; the quick profile asks
+    for ``cpu``. One run each (it was counted twice per seed in table_main); a run that resolved ``auto`` to
+    another device, or that differs in anything else, stays its own run."""
+    from types import SimpleNamespace
+
+    from dflora_core.grids import collect
+
+    def write(folder, cfg, wall_s, resolved):
+        _write_run(folder, cfg, wall_s)
+        rec = json.loads((folder / "record.json").read_text())
+        (folder / "record.json").write_text(json.dumps({**rec, "device": resolved}))
+
+    local = RunConfig().replace(**{"method": "zeroshot", "model.device": "cpu"})
+    write(tmp_path / "runs" / "zs-42", local, 1.0, "cpu")
+    write(tmp_path / "results" / "zs-42", local.replace(**{"model.device": "auto"}), 2.0, "cpu")
+    write(tmp_path / "results" / "zs-13", local.replace(**{"model.device": "auto", "seed": 13}), 3.0, "cuda")
+    write(tmp_path / "runs" / "zs-13", local.replace(seed=13), 4.0, "cpu")  # auto went to cuda there: another run
+    prof = SimpleNamespace(path=lambda which: tmp_path / "runs", extra_paths=lambda: [tmp_path / "results"],
+                           prefer="committed")  # fmt: skip
+    records, shadowed = collect.profile_sources(prof)
+    assert sorted(r["wall_s"] for r in records) == [2.0, 3.0, 4.0]
+    assert shadowed == {str(tmp_path / "results" / "zs-42"): [str(tmp_path / "runs" / "zs-42")]}
+    idx = collect.index_records(records)
+    assert idx[identity(local)]["wall_s"] == 2.0  # a plan asking for cpu finds the committed auto run
+    assert len({id(r) for r in idx.values()}) == 3
+
+
+def test_the_dev_rule_footer_counts_only_runs_that_select_on_dev():
+    from dflora_core.reports import provenance
+
+    old = {"method": "zeroshot", "config": {"method": "zeroshot", "search": {}}}  # a record without the field
+    new = {"method": "c-lora", "config": {"method": "c-lora", "search": {"dev_rule": "periodic+final"}}}
+    assert provenance.dev_rule_text([old, new]) == provenance.RULE_TEXT["periodic+final"]
+    assert provenance.dev_rule_text([old]) == ""
+    legacy = {"method": "zo-sgd", "config": {"method": "zo-sgd", "search": {}}}
+    assert provenance.dev_rule_text([legacy, new]).startswith("mixed dev rules: 1 run ")
 
 
 def test_a_figure_footer_gets_the_choice_under_its_own_lines():

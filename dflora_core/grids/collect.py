@@ -28,11 +28,29 @@ def record_key(rec: RunRecord) -> str | None:
         return None
 
 
+def record_keys(rec: RunRecord) -> list[str]:
+    """Every identity under which a record's run is found: its own, and for a run that asked for
+    ``model.device: auto`` also the identity of the device it resolved to (a run with ``auto`` that ran on the
+    CPU is the same computation as one that asked for ``cpu``: one run, not two seeds, in a table)."""
+    key = record_key(rec)
+    if key is None:
+        return []
+    keys = [key]
+    config = rec["config"]
+    resolved = rec.get("device")
+    if (config.get("model") or {}).get("device") == "auto" and resolved not in (None, "auto"):
+        try:
+            keys.append(identity(config_from_record({**config, "model": {**config["model"], "device": resolved}})))
+        except DfloraError:  # a device spelling the config does not take (e.g. "cuda:1"): its own key only
+            pass
+    return list(dict.fromkeys(keys))
+
+
 def index_records(records: Iterable[RunRecord]) -> dict[str, RunRecord]:
-    """identity -> record (the identity ignores display settings such as the progress flag); of two records of
-    one run the last wins (``profile_records`` keeps only the one its profile prefers)."""
-    keyed = ((record_key(rec), rec) for rec in records)
-    return {key: rec for key, rec in keyed if key is not None}
+    """identity -> record, under each of ``record_keys`` (the identity ignores display settings such as the
+    progress flag); of two records of one run the last wins (``profile_records`` keeps only the one its
+    profile prefers)."""
+    return {key: rec for rec in records for key in record_keys(rec)}
 
 
 def load_all_records(root: str | Path) -> list[RunRecord]:
@@ -79,6 +97,7 @@ def main_records(profile, records: list[RunRecord]) -> list[RunRecord]:
     budget as the main runs."""
     idx = index_records(records)
     chosen = {id(idx[p.key]): idx[p.key] for p in main_plan(profile) if p.key in idx}
+    seen = {k for r in chosen.values() for k in record_keys(r)}  # a run found twice counts once
     tests = {(r.get("task"), (r.get("data") or {}).get("test_digest")) for r in chosen.values()}
     model = profile.base.model.name
     budget = profile.base.search.budget
@@ -94,8 +113,10 @@ def main_records(profile, records: list[RunRecord]) -> list[RunRecord]:
             and rec.get("seed") in profile.main.seeds
             and rec.get("model") == model
             and (rec.get("task"), (rec.get("data") or {}).get("test_digest")) in tests
+            and not seen.intersection(record_keys(rec))
         ):
             chosen.setdefault(id(rec), rec)
+            seen.update(record_keys(rec))
     return list(chosen.values())
 
 
@@ -112,8 +133,8 @@ def profile_sources(profile) -> tuple[list[RunRecord], dict[str, list[str]]]:
     shadowed: dict[str, list[str]] = {}
     out = list(first)
     for rec in second:
-        key = record_key(rec)
-        if key is not None and key in kept:
+        key = next((k for k in record_keys(rec) if k in kept), None)
+        if key is not None:
             shadowed.setdefault(kept[key].get("_dir"), []).append(rec.get("_dir"))
         else:
             out.append(rec)
@@ -139,4 +160,5 @@ def comparison_roots(profile) -> list[tuple[str, list[RunRecord]]]:
 def noopt_records(profile, records: Iterable[RunRecord]) -> list[RunRecord]:
     """The "without optimisation" records that belong to the profile's init study."""
     keys = {p.key for p in noopt_plan(profile)}
-    return [rec for key, rec in index_records(records).items() if key in keys]
+    found = {id(rec): rec for key, rec in index_records(records).items() if key in keys}  # one per run
+    return list(found.values())

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..fileio import atomic_write_bytes
+from ..identity import IGNORED_FIELDS
 
 # what a record without search.dev_rule meant (identity.LEGACY_VALUES; reports read records only)
 RULE_TEXT = {
@@ -20,17 +21,22 @@ def dev_rule(record: dict) -> str:
     return search.get("dev_rule", "periodic")
 
 
+def selects_on_dev(record: dict) -> bool:
+    """Whether the recorded run chose a snapshot on dev (the prompt-only arms and no-opt never read the rule)."""
+    return "search.dev_rule" not in IGNORED_FIELDS.get(str(record.get("method")), ())
+
+
 def dev_rule_text(records: Iterable[dict]) -> str:
-    """One phrase for the rules of ``records``: the rule, or how many runs used each."""
+    """One phrase for the rules of ``records`` that select on dev: the rule, or how many runs used each."""
     counts: dict[str, int] = {}
     for rec in records:
-        if rec.get("config"):
+        if rec.get("config") and selects_on_dev(rec):
             counts[dev_rule(rec)] = counts.get(dev_rule(rec), 0) + 1
     if not counts:
         return ""
     if len(counts) == 1:
         return RULE_TEXT[next(iter(counts))]
-    return "mixed dev rules: " + ", ".join(f"{n} runs {RULE_TEXT[r]}" for r, n in sorted(counts.items()))
+    return "mixed dev rules: " + ", ".join(f"{n} run{'s' * (n != 1)} {RULE_TEXT[r]}" for r, n in sorted(counts.items()))
 
 
 # -- which copy of a run a figure shows, and the run folders behind every table cell and curve ---------------
