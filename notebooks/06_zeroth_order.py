@@ -118,12 +118,14 @@ if params.interactive:
     )
 
 # %% [markdown]
-# ## On SmolLM2: test accuracy against forward passes
+# ## On SmolLM2: accuracy against forward passes
 #
 # From the committed grids of the profile (`results/zo-family`: 300 passes, MeZO's defaults, untuned;
 # `results/zo-new`: the new peers and MeZO/ZO-Adam with their learning rate chosen by one declared rule,
 # test at 300 and 600 passes from the same runs). Every perturbed model scored is one forward pass over the
-# 32 train examples, whether it was scored alone or in a batch. Mean over seeds (line) and each seed (dots).
+# 32 train examples, whether it was scored alone or in a batch. Left, the dev metric at every dev evaluation;
+# right, the test metric of the dev-selected snapshot (0 passes: the zero-shot). Mean over seeds (line) and
+# each seed (dots).
 
 # %%
 roots = dict(collect.comparison_roots(prof))

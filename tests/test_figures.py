@@ -199,3 +199,28 @@ def test_a_figure_footer_gets_the_choice_under_its_own_lines():
     style.extend_footer(fig, "prefer: committed (...); run folders: PROVENANCE.md")
     (foot,) = [t for t in fig.texts if t.get_gid() == style.FOOTER]
     assert foot.get_text().startswith("quick profile") and foot.get_text().endswith("run folders: PROVENANCE.md")
+
+
+def test_the_zeroth_order_passes_figure_draws_dev_and_test_curves_from_the_records():
+    """Notebook 06's figure: the dev curve at every evaluation (mean over seeds) and the test curve from the
+    zero-shot at 0 passes to each test_at point; an arm with no test curve falls back to its final test."""
+    from dflora_core.reports import zo_figures
+
+    def rec(method, seed, dev, test_curve, final):
+        return {"method": method, "seed": seed, "task": "sst2", "model": "smollm2", "calls": 600,
+                "tags": {"label": method}, "zero_shot": {"value": 0.5}, "test": {"value": final},
+                "dev_curve": [{"calls": c, "value": v} for c, v in dev],
+                "test_curve": [{"at": a, "value": v} for a, v in test_curve], "config": {}}  # fmt: skip
+
+    recs = [rec("fzoo", 13, [(0, 0.5), (300, 0.6), (600, 0.7)], [(300, 0.62), (600, 0.66)], 0.66),
+            rec("fzoo", 42, [(0, 0.5), (300, 0.8), (600, 0.9)], [(300, 0.64), (600, 0.7)], 0.7),
+            rec("zo-sgd", 13, [(0, 0.5), (300, 0.55)], [], 0.58)]  # fmt: skip
+    fig = zo_figures.passes_figure(recs, "quick")
+    dev, test = fig.axes[0], fig.axes[1]
+    means = {line.get_label(): line.get_xydata() for line in dev.lines}
+    tests = {line.get_label(): line.get_xydata() for line in test.lines}
+    close = dict(rtol=4 * np.finfo(float).eps, atol=0)  # x 100 and a mean of two: a few float64 roundings
+    np.testing.assert_allclose(means["fzoo"], [[0, 50], [300, 70], [600, 80]], **close)
+    np.testing.assert_allclose(tests["fzoo"], [[0, 50], [300, 63], [600, 68]], **close)
+    np.testing.assert_allclose(tests["zo-sgd"], [[0, 50], [600, 58]], **close)
+    assert [t.get_text() for t in test.get_legend().get_texts()] == ["fzoo", "zo-sgd"]

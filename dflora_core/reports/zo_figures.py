@@ -4,7 +4,9 @@ their test accuracy against forward passes on SmolLM2 from the committed records
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.lines import Line2D
 
+from .curves import run_curves
 from .style import describe_records, footer, new_figure, style
 
 
@@ -54,31 +56,51 @@ def losses_figure(traces: dict[str, dict]) -> object:
     return fig
 
 
-def passes_figure(records: list[dict], profile: str, title: str = "test accuracy against forward passes") -> object:
-    """Per arm (``tags.label`` or method), the dev-selected test metric at the passes it was taken
-    (``test_curve``, else the final test at the run's passes): mean and per-seed points."""
-    points: dict[str, dict[float, list[float]]] = {}
+def _by_passes(rows, x_key: str) -> dict[float, float]:
+    return {
+        float(r[x_key]): 100 * float(r["value"])
+        for r in rows
+        if r.get(x_key) is not None and r.get("value") is not None
+    }
+
+
+def passes_figure(records: list[dict], profile: str, title: str = "accuracy against forward passes") -> object:
+    """Per arm (``tags.label`` or method), mean over seeds (line) and each seed (dots): left, the dev metric
+    at every dev evaluation (``dev_curve``, in the record or its folder); right, the dev-selected snapshot's test metric, from the zero-shot
+    at 0 passes to each ``test_curve`` point (else the final test at the run's passes)."""
+    panels: list[dict[str, dict[float, list[float]]]] = [{}, {}]
     for rec in records:
         arm = (rec.get("tags") or {}).get("label") or rec["method"]
-        rows = rec.get("test_curve") or [{"at": rec.get("calls"), "value": (rec.get("test") or {}).get("value")}]
-        for row in rows:
-            if row.get("value") is not None and row.get("at") is not None:
-                points.setdefault(arm, {}).setdefault(float(row["at"]), []).append(100 * float(row["value"]))
-    fig, axes = new_figure(1, 1, width=6.0, height=2.9)
-    ax = axes[0][0]
+        test = _by_passes(rec.get("test_curve") or [{"at": rec.get("calls"), **(rec.get("test") or {})}], "at")
+        if (rec.get("zero_shot") or {}).get("value") is not None and test:
+            test[0.0] = 100 * float(rec["zero_shot"]["value"])
+        dev = _by_passes(rec.get("dev_curve") or run_curves(rec)[1], "calls")  # layer-wise runs: dev_curve.json
+        for panel, curve in zip(panels, (dev, test), strict=True):
+            for x, v in curve.items():
+                panel.setdefault(arm, {}).setdefault(x, []).append(v)
+    fig, axes = new_figure(1, 2, width=8.4, height=2.9)
+    arms = sorted(set(panels[0]) | set(panels[1]))
     with style():
-        for k, (arm, by_x) in enumerate(sorted(points.items())):
-            xs = sorted(by_x)
-            ax.plot(xs, [np.mean(by_x[x]) for x in xs], "-o", ms=3, lw=1.1, color=f"C{k % 10}", label=arm)
-            for x in xs:
-                ax.scatter([x] * len(by_x[x]), by_x[x], s=6, color=f"C{k % 10}", alpha=0.4)
-        if not points:
-            ax.text(0.5, 0.5, "no committed records in this profile", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xlabel("forward passes (calls)")
-        ax.set_ylabel("test metric (%)")
-        ax.set_title(title, fontsize=8)
-        if points:
-            ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+        for ax, points, what in zip(axes[0], panels, ("dev metric (%), 32 examples", "test metric (%)"), strict=True):
+            for arm, by_x in sorted(points.items()):
+                k = arms.index(arm)
+                xs = sorted(by_x)
+                ax.plot(xs, [np.mean(by_x[x]) for x in xs], "-o", ms=2.5, lw=1.0, color=f"C{k % 10}", label=arm)
+                for x in xs:
+                    ax.scatter([x] * len(by_x[x]), by_x[x], s=5, color=f"C{k % 10}", alpha=0.35)
+            if not points:
+                ax.text(0.5, 0.5, "no committed records in this profile", ha="center", va="center",
+                        transform=ax.transAxes)  # fmt: skip
+            ax.set_xlabel("forward passes (calls)")
+            ax.set_ylabel(what)
+        axes[0][0].set_title("dev, at every evaluation", fontsize=8)
+        axes[0][1].set_title("test of the dev-selected snapshot (0: zero-shot)", fontsize=8)
+        fig.suptitle(title, fontsize=9)
+        if arms:  # one legend for both panels: an arm with a dev curve only is named too
+            handles = [Line2D([], [], marker="o", ms=2.5, lw=1.0, color=f"C{k % 10}") for k in range(len(arms))]
+            axes[0][1].legend(
+                handles, arms, fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0
+            )
         fig.tight_layout()
         footer(fig, describe_records(records, profile))
     return fig
