@@ -71,6 +71,7 @@ from dflora_core.reports import (
     style,
     tables,
     training_figures,
+    zo_tables,
 )
 
 prof = open_profile(params)
@@ -154,6 +155,8 @@ save(
 
 # %%
 for name, recs in collect.comparison_roots(prof):
+    if name == "zo-new":  # its tune, report and all-weight parts are their own tables (below)
+        continue
     grid, _counts, zero_shot = tables.comparison_table(recs)
     zs = ", ".join(f"{t} {v}" for t, v in zero_shot.items())
     table(grid, f"table_{name}", f"Comparison grid {name}: test metric x 100, mean (std) over seeds "
@@ -199,6 +202,33 @@ if budget_arms:
           "The paper's budget: test x 100 mean (std) over seeds at 600, 1,200 and 6,000 calls; paired difference to "
           "gradient LoRA (600 passes) and to the calibrated zero-shot: mean [95% t] seeds won; wall time and "
           "evaluations per second of the whole run", budget_arms + budget_peers)  # fmt: skip
+
+# %% [markdown]
+# ## Zeroth-order peers, tuned
+#
+# `results/zo-new` (`benchmarks/grids/zo_new.py`): MeZO (zo-sgd), ZO-Adam and the 2025-2026 peers (MeZO-GV,
+# MeZO-Greedy, FZOO, LOZO, LOZO-M) on the `lora` scheme, each with the learning rate one declared rule chose
+# (three values around MeZO's 1e-4, 300 forward passes on the dev split of seed 21, a seed no table reports;
+# the best dev metric, then the lower dev loss, then the smaller lr), then seeds 13/42/100 at 600 passes,
+# test at 300 and 600 from the same runs; the new peers on every weight (`all`) at 300 passes, seed 13,
+# untuned. Beside it: the untuned table of the same family at MeZO's defaults (`table_zo-family`).
+
+# %%
+zo_new = roots.get("zo-new", [])
+if zo_new:
+    tune = [r for r in zo_new if (r.get("tags") or {}).get("part") == "tune"]
+    shown = [r for r in zo_new if (r.get("tags") or {}).get("part") in ("report", "all")]
+    if tune:
+        table(zo_tables.tuning_table(tune), "table_zo-new_tuning",
+              "The learning-rate rule: dev metric x 100 (dev loss) at 300 forward passes, seed 21, per lr tried; "
+              "the lr chosen; the rule's forward passes per arm", tune)  # fmt: skip
+    if shown:
+        table(zo_tables.report_table(shown), "table_zo-new",
+              "Zeroth-order peers, tuned: test x 100 mean (std) over seeds at 300 and 600 forward passes (one run "
+              "gives both), lr from the rule (untuned: MeZO's full-parameter defaults), passes per step, largest "
+              "peak memory, mean wall time", shown)  # fmt: skip
+        save(training_figures.calls_figure(shown, prof.name, "test metric against forward passes: zo-new"),
+             "calls_zo-new", shown)  # fmt: skip
 
 # %% [markdown]
 # ## Ablations (Figures 3, 4 and Tables 4, 6)

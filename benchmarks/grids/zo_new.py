@@ -48,20 +48,15 @@ def tune_plan(arms) -> list[tuple[RunConfig, dict]]:
 
 
 def choices(root: str, arms) -> dict[str, float]:
-    """The rule: per arm, the lr of the tune run with the best dev metric (then lower dev loss, smaller lr)."""
+    """The rule (reports/zo_tables.rule_choice): per arm whose three tune runs are recorded, the lr kept."""
     from dflora_core.grids.grid import finished_run
+    from dflora_core.reports.zo_tables import rule_choice
 
     out = {}
     for m in arms:
-        scored = []
-        for cfg, _tags in tune_plan([m]):
-            rec = finished_run(root, cfg)
-            if rec is None:
-                break
-            best = rec["best_dev"]
-            scored.append(((-best["value"], best["loss"], cfg.baseline.lr), cfg.baseline.lr))
-        if len(scored) == len(FACTORS):
-            out[m] = min(scored)[1]
+        recs = [finished_run(root, cfg) for cfg, _tags in tune_plan([m])]
+        if all(rec is not None for rec in recs):
+            out[m] = rule_choice(recs)
     return out
 
 

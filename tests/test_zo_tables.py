@@ -1,0 +1,57 @@
+"""The tuned zeroth-order table (reports/zo_tables.py): the learning-rate rule's choice, its table, and the
+reported runs at 300 and 600 forward passes beside the untuned all-weight runs, from synthetic records."""
+
+from __future__ import annotations
+
+from dflora_core.reports import zo_tables
+
+
+def tune(method, lr, dev, loss, calls=300):
+    return {"method": method, "seed": 21, "lr": lr, "calls": calls, "tags": {"label": method, "part": "tune"},
+            "best_dev": {"value": dev, "loss": loss}}  # fmt: skip
+
+
+def test_the_rule_takes_the_best_dev_then_the_lower_loss_then_the_smaller_lr():
+    assert zo_tables.rule_choice([tune("fzoo", 1e-5, 0.60, 0.6), tune("fzoo", 1e-4, 0.70, 0.7),
+                                  tune("fzoo", 1e-3, 0.65, 0.5)]) == 1e-4  # fmt: skip
+    assert zo_tables.rule_choice([tune("fzoo", 1e-5, 0.7, 0.62), tune("fzoo", 1e-4, 0.7, 0.61)]) == 1e-4
+    assert zo_tables.rule_choice([tune("fzoo", 1e-4, 0.7, 0.6), tune("fzoo", 1e-5, 0.7, 0.6)]) == 1e-5
+    assert zo_tables.rule_choice([]) is None
+
+
+def test_the_tuning_table_marks_an_arm_whose_runs_are_not_all_in():
+    recs = [tune("zo-sgd", lr, 0.625, loss) for lr, loss in ((1e-5, 0.63), (1e-4, 0.627), (1e-3, 0.7))]
+    recs += [tune("fzoo", 1e-5, 0.6, 0.6)]
+    t = zo_tables.tuning_table(recs)
+    assert t.loc["zo-sgd", "lr 0.0001"] == "62.5 (0.6270)" and t.loc["zo-sgd", "chosen lr"] == "0.0001"
+    assert t.loc["zo-sgd", "passes"] == 900 and t.loc["zo-sgd", "seed"] == "21"
+    assert t.loc["fzoo", "chosen lr"] == "open (1 of 3)" and t.loc["fzoo", "lr 0.001"] == "-"
+
+
+def report(method, seed, at300, at600, part="report", scheme="lora", steps=60, calls=600):
+    return {"method": method, "seed": seed, "lr": 1e-4, "calls": calls, "steps": steps, "wall_s": 100.0 * seed,
+            "peak_mem_bytes": 2**30 + seed, "tags": {"label": method, "part": part, "scheme": scheme},
+            "test": {"value": at600}, "test_curve": [{"at": 300, "value": at300}, {"at": calls, "value": at600}]}  # fmt: skip
+
+
+def test_the_report_table_gives_both_points_of_one_run_and_marks_the_untuned_rows():
+    recs = [report("fzoo", s, a, b) for s, a, b in ((13, 0.60, 0.70), (42, 0.62, 0.72), (100, 0.64, 0.74))]
+    full_run = report("fzoo", 13, 0.55, 0.55, part="all", scheme="all", steps=33, calls=297)
+    recs.append({**full_run, "test_curve": [], "config": {"search": {"budget": 300}}})  # 33 steps of 9 passes
+    recs.append(tune("fzoo", 1e-5, 0.6, 0.6))  # the rule's runs are not reported
+    t = zo_tables.report_table(recs)
+    lora, full = t.iloc[0], t.iloc[1]
+    assert (lora["scheme"], lora["tuned"], lora["test @300"], lora["test @600"]) == (
+        "lora",
+        "rule",
+        "62.0 (2.0)",
+        "72.0 (2.0)",
+    )
+    assert lora["passes / step"] == "10" and lora["peak memory (MiB)"] == 1024 and lora["seeds"] == "13, 42, 100"
+    assert (full["scheme"], full["tuned"], full["test @300"], full["test @600"]) == (
+        "all",
+        "no (untuned)",
+        "55.0 (-)",
+        "-",
+    )
+    assert full["passes / step"] == "9" and full["seeds"] == "13"
