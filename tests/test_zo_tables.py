@@ -20,7 +20,7 @@ def test_the_rule_takes_the_best_dev_then_the_lower_loss_then_the_smaller_lr():
 
 
 def test_the_tuning_table_marks_an_arm_whose_runs_are_not_all_in():
-    recs = [tune("zo-sgd", lr, 0.625, loss) for lr, loss in ((1e-5, 0.63), (1e-4, 0.627), (1e-3, 0.7))]
+    recs = [tune("zo-sgd", lr, 0.625, loss) for lr, loss in ((1e-4 * 0.1, 0.63), (1e-4, 0.627), (1e-3, 0.7))]
     recs += [tune("fzoo", 1e-5, 0.6, 0.6)]
     t = zo_tables.tuning_table(recs)
     assert t.loc["zo-sgd", "lr 0.0001"] == "62.5 (0.6270)" and t.loc["zo-sgd", "chosen lr"] == "0.0001"

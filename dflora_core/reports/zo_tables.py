@@ -8,7 +8,8 @@ to the lower dev loss, then to the smaller learning rate.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 
 from .tables import mean_std, method_order
 
@@ -33,33 +34,29 @@ def rule_choice(tune_records: Iterable[dict]) -> float | None:
     return min(scored)[2] if scored else None
 
 
-def choices(records: Iterable[dict]) -> dict[str, float]:
-    """arm -> the rule's learning rate, for every arm whose tune runs are all recorded (``expected`` each)."""
-    by_arm: dict[str, list[dict]] = {}
-    for rec in records:
-        if _part(rec) == "tune":
-            by_arm.setdefault(_arm(rec), []).append(rec)
-    return {arm: lr for arm, recs in by_arm.items() if (lr := rule_choice(recs)) is not None}
+# the rule's learning rates: MeZO's LoRA lr 1e-4 x 0.1, 1, 10 (benchmarks/grids/zo_new.py runs them)
+RULE_LRS = (1e-5, 1e-4, 1e-3)
 
 
-def tuning_table(records: Iterable[dict]):
-    """One row per arm: the dev metric x 100 (dev loss) of each learning rate tried, the choice, the passes."""
+def tuning_table(records: Iterable[dict], tried: Sequence[float] = RULE_LRS):
+    """One row per arm: the dev metric x 100 (dev loss) of each learning rate of the rule, the lr chosen (open
+    until every lr of ``tried`` has its run), the forward passes the rule spent on the arm."""
     import pandas as pd
 
     tune = [r for r in records if _part(r) == "tune"]
-    lrs = sorted({_lr(r) for r in tune})
-    chosen = choices(tune)
     rows = []
     for arm in method_order({_arm(r) for r in tune}):
-        recs = {_lr(r): r for r in tune if _arm(r) == arm}
+        recs = [r for r in tune if _arm(r) == arm]
         row = {"arm": arm}
-        for lr in lrs:
-            r = recs.get(lr)
+        found = 0
+        for lr in tried:
+            r = next((r for r in recs if math.isclose(_lr(r), lr, rel_tol=1e-9)), None)
             best = (r or {}).get("best_dev") or {}
-            row[f"lr {lr:g}"] = "-" if not best else f"{100 * best['value']:.1f} ({best['loss']:.4f})"
-        row["chosen lr"] = f"{chosen[arm]:g}" if len(recs) == len(lrs) else f"open ({len(recs)} of {len(lrs)})"
-        row["passes"] = int(sum(float(r.get("calls") or 0) for r in recs.values()))
-        row["seed"] = ", ".join(str(s) for s in sorted({r.get("seed") for r in recs.values()}))
+            found += bool(best)
+            row[f"lr {lr:g}"] = f"{100 * best['value']:.1f} ({best['loss']:.4f})" if best else "-"
+        row["chosen lr"] = f"{rule_choice(recs):g}" if found == len(tried) else f"open ({found} of {len(tried)})"
+        row["passes"] = int(sum(float(r.get("calls") or 0) for r in recs))
+        row["seed"] = ", ".join(str(s) for s in sorted({r.get("seed") for r in recs}))
         rows.append(row)
     return pd.DataFrame(rows).set_index("arm") if rows else pd.DataFrame()
 
