@@ -16,7 +16,10 @@ def rec(method, seed, curve=None, test=None, label=None, wall=100.0, speed=2.0):
 
 
 def test_the_paired_table_and_the_figure_from_records():
-    arms = [rec("c-lora", s, {600: 0.70 + d, 1200: 0.75 + d, 6000: 0.82 + d}) for s, d in ((13, 0.0), (42, 0.02), (100, 0.01))]
+    arms = [
+        rec("c-lora", s, {600: 0.70 + d, 1200: 0.75 + d, 6000: 0.82 + d})
+        for s, d in ((13, 0.0), (42, 0.02), (100, 0.01))
+    ]
     peers = [rec("lora", s, test=0.80) for s in (13, 42, 100)] + [rec("zeroshot-calibrated", 13, test=0.72)]
     table = budget.budget_table(arms, peers, ["lora", "zeroshot-calibrated"])
     row = table.loc[("c-lora", 6000)]
@@ -33,3 +36,26 @@ def test_an_arm_without_curves_gives_an_empty_table():
     assert budget.budget_figure([], [], "quick") is not None
     with pytest.raises(KeyError):
         budget.arm_of({})
+
+
+def test_the_last_row_gives_the_final_snapshots_on_the_whole_test_set(tmp_path):
+    """``paper_budget.py --full-test`` writes ``evaluations/sst2-872.json``; the 6,000-call row shows it, a
+    sample-sized evaluation of the same run is not the whole set, and seeds not yet scored are counted."""
+    import json
+
+    arms = []
+    for seed, full in ((13, 0.75), (42, 0.77), (100, None)):
+        r = {**rec("c-lora", seed, {600: 0.7, 6000: 0.8}), "_dir": str(tmp_path / str(seed))}
+        ev = tmp_path / str(seed) / "evaluations"
+        ev.mkdir(parents=True)
+        (ev / "sst2-300.json").write_text(
+            json.dumps({"task": "sst2", "test_full_size": 872, "test": {"n": 300, "value": 0.1}})
+        )
+        if full is not None:
+            (ev / "sst2-872.json").write_text(
+                json.dumps({"task": "sst2", "test_full_size": 872, "test": {"n": 872, "value": full}})
+            )
+        arms.append(r)
+    table = budget.budget_table(arms, [], [])
+    assert table.loc[("c-lora", 6000)]["final, whole test set"] == "76.0 (1.4) [2 seeds]"
+    assert table.loc[("c-lora", 600)]["final, whole test set"] == "-"

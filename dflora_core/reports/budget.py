@@ -9,9 +9,11 @@ split, prompts and test sample.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 
+from ..fileio import read_json
 from .paired import fmt_points, summarize
 from .style import describe_records, footer, new_figure, style
 
@@ -27,6 +29,20 @@ def curve_points(records: Iterable[dict]) -> dict[str, dict[int, dict[int, float
         for row in rec.get("test_curve") or []:
             if row.get("value") is not None:
                 out.setdefault(arm_of(rec), {}).setdefault(int(row["at"]), {})[rec["seed"]] = float(row["value"])
+    return out
+
+
+def full_test_points(records: Iterable[dict]) -> dict[str, dict[int, float]]:
+    """arm -> seed -> the final dev-selected snapshot's test metric on the whole test set (``dflora evaluate``
+    written to the run's ``evaluations/``: the evaluation whose ``n`` is the test set's full size)."""
+    out: dict[str, dict[int, float]] = {}
+    for rec in records:
+        folder = Path(rec["_dir"]) / "evaluations" if rec.get("_dir") else None
+        for path in sorted(folder.glob("*.json")) if folder and folder.is_dir() else []:
+            ev = read_json(path)
+            test = ev.get("test") or {}
+            if ev.get("task") == rec.get("task") and test.get("n") and test.get("n") == ev.get("test_full_size"):
+                out.setdefault(arm_of(rec), {})[rec["seed"]] = float(test["value"])
     return out
 
 
@@ -56,7 +72,9 @@ def budget_figure(arms: list[dict], peers: list[dict], profile: str, title: str 
             ax.plot(xs, [100 * np.mean(list(by_calls[x].values())) for x in xs], "-o", ms=3, lw=1.2, color=f"C{k}",
                     label=f"{arm} ({max(len(s) for s in by_calls.values())} seeds)")  # fmt: skip
             for x in xs:
-                ax.scatter([x] * len(by_calls[x]), [100 * v for v in by_calls[x].values()], s=6, color=f"C{k}", alpha=0.4)
+                ax.scatter(
+                    [x] * len(by_calls[x]), [100 * v for v in by_calls[x].values()], s=6, color=f"C{k}", alpha=0.4
+                )
         if not curves:
             ax.text(0.5, 0.5, "no runs with search.test_at yet", ha="center", va="center", transform=ax.transAxes)
         ax.set_xscale("log")
@@ -71,10 +89,11 @@ def budget_figure(arms: list[dict], peers: list[dict], profile: str, title: str 
 
 def budget_table(arms: list[dict], peers: list[dict], references: Sequence[str], at: Sequence[int] = (600, 1200, 6000)):
     """Rows: arm x calls. Test mean (std) over seeds, and per reference peer the paired difference
-    (mean [95% t interval] seeds won); then the arm's mean wall time and evaluations per second."""
+    (mean [95% t interval] seeds won); then the arm's mean wall time and evaluations per second; on the last
+    row of an arm, its final snapshots on the whole test set where they were scored (``--full-test``)."""
     import pandas as pd
 
-    curves, bands = curve_points(arms), peer_points(peers)
+    curves, bands, full = curve_points(arms), peer_points(peers), full_test_points(arms)
     cost: dict[str, list[tuple[float, float]]] = {}
     for rec in arms:
         cost.setdefault(arm_of(rec), []).append((rec.get("wall_s") or np.nan, rec.get("evals_per_s") or np.nan))
@@ -94,5 +113,10 @@ def budget_table(arms: list[dict], peers: list[dict], references: Sequence[str],
             walls, speeds = zip(*cost.get(arm, [(np.nan, np.nan)]), strict=True)
             row["wall time (s)"] = f"{np.nanmean(walls):.0f}" if np.isfinite(np.nanmean(walls)) else "-"
             row["evaluations/s"] = f"{np.nanmean(speeds):.2f}" if np.isfinite(np.nanmean(speeds)) else "-"
+            whole = 100 * np.array(list(full.get(arm, {}).values())) if c == max(at) else np.array([])
+            row["final, whole test set"] = (
+                "-" if not whole.size else f"{whole.mean():.1f} ({whole.std(ddof=1):.1f})" if whole.size > 1
+                else f"{whole.mean():.1f}"
+            ) + (f" [{whole.size} seeds]" if whole.size and whole.size != len(v) else "")  # fmt: skip
             rows.append(row)
     return pd.DataFrame(rows).set_index(["arm", "calls"]) if rows else pd.DataFrame()
