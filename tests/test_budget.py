@@ -29,6 +29,11 @@ def test_the_paired_table_and_the_figure_from_records():
     assert table.loc[("c-lora", 600)]["vs lora"].endswith("0/3") and row["evaluations/s"] == "2.00"
     fig = budget.budget_figure(arms, peers, "quick")
     assert fig.axes[0].get_xscale() == "log"
+    assert "c-lora (3 seeds)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    from dflora_core.reports.tables import to_markdown
+
+    lines = to_markdown(table).splitlines()  # the arm and the calls each their own column
+    assert lines[0].startswith("| arm | calls | seeds | test |") and lines[2].startswith("| c-lora | 600 | 3 |")
 
 
 def test_an_arm_without_curves_gives_an_empty_table():

@@ -18,6 +18,10 @@ from .paired import fmt_points, summarize
 from .style import describe_records, footer, new_figure, style
 
 
+def _seeds(n: int) -> str:
+    return f"{n} seed" + "s" * (n != 1)
+
+
 def arm_of(rec: dict) -> str:
     return (rec.get("tags") or {}).get("label") or rec["method"]
 
@@ -66,11 +70,11 @@ def budget_figure(arms: list[dict], peers: list[dict], profile: str, title: str 
             color = f"C{(k + 5) % 10}"
             ax.axhspan(v.mean() - v.std(ddof=1 if len(v) > 1 else 0), v.mean() + v.std(ddof=1 if len(v) > 1 else 0),
                        color=color, alpha=0.15, lw=0)  # fmt: skip
-            ax.axhline(v.mean(), color=color, lw=1, ls="--", label=f"{label} ({len(v)} seeds)")
+            ax.axhline(v.mean(), color=color, lw=1, ls="--", label=f"{label} ({_seeds(len(v))})")
         for k, (arm, by_calls) in enumerate(sorted(curves.items())):
             xs = sorted(by_calls)
             ax.plot(xs, [100 * np.mean(list(by_calls[x].values())) for x in xs], "-o", ms=3, lw=1.2, color=f"C{k}",
-                    label=f"{arm} ({max(len(s) for s in by_calls.values())} seeds)")  # fmt: skip
+                    label=f"{arm} ({_seeds(max(len(s) for s in by_calls.values()))})")  # fmt: skip
             for x in xs:
                 ax.scatter(
                     [x] * len(by_calls[x]), [100 * v for v in by_calls[x].values()], s=6, color=f"C{k}", alpha=0.4

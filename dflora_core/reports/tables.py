@@ -121,10 +121,12 @@ def pivot(df, rows: str = "method", cols: str = "task", value: str = "test", row
 
 def to_markdown(df, index: bool = True) -> str:
     """A GitHub Markdown table (no extra dependency)."""
-    cols = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
+    names = [n or "" for n in df.index.names] if index else []  # a MultiIndex: one column per level
+    cols = names + [str(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for idx, row in df.iterrows():
-        cells = ([str(idx)] if index else []) + ["" if v is None else str(v) for v in row.tolist()]
+        keys = [str(k) for k in (idx if isinstance(idx, tuple) else (idx,))] if index else []
+        cells = keys + ["" if v is None else str(v) for v in row.tolist()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
