@@ -130,8 +130,8 @@ if params.interactive:
 # %%
 roots = dict(collect.comparison_roots(prof))
 zo = [r for name in ("zo-family", "zo-new") for r in roots.get(name, [])]
-lora = [r for r in zo if (r.get("tags") or {}).get("scheme") in ("lora", None) and r["method"] != "zeroshot-calibrated"
-        and (r.get("tags") or {}).get("part") != "tune"]  # the lr rule's runs (seed 21) are not reported
+zo = [r for r in zo if (r.get("tags") or {}).get("part") != "tune"]  # the lr rule's seed-21 runs are not reported
+lora = [r for r in zo if (r.get("tags") or {}).get("scheme") in ("lora", None) and r["method"] != "zeroshot-calibrated"]
 fig = zo_figures.passes_figure(lora, prof.name)
 written += style.save(fig, figdir, "zo_passes", **fmt)
 display(fig)
