@@ -113,10 +113,10 @@ def main_records(profile, records: list[RunRecord]) -> list[RunRecord]:
             and rec.get("seed") in profile.main.seeds
             and rec.get("model") == model
             and (rec.get("task"), (rec.get("data") or {}).get("test_digest")) in tests
-            and not seen.intersection(record_keys(rec))
+            and seen.isdisjoint(keys := record_keys(rec))
         ):
             chosen.setdefault(id(rec), rec)
-            seen.update(record_keys(rec))
+            seen.update(keys)
     return list(chosen.values())
 
 

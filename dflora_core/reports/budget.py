@@ -16,6 +16,7 @@ import numpy as np
 from ..fileio import read_json
 from .paired import fmt_points, summarize
 from .style import describe_records, footer, new_figure, style
+from .tables import mean_std, seeds_mark
 
 
 def _seeds(n: int) -> str:
@@ -107,9 +108,7 @@ def budget_table(arms: list[dict], peers: list[dict], references: Sequence[str],
             by_seed = curves[arm].get(c)
             if not by_seed:
                 continue
-            v = 100 * np.array(list(by_seed.values()))
-            row = {"arm": arm, "calls": c, "seeds": len(v),
-                   "test": f"{v.mean():.1f} ({v.std(ddof=1):.1f})" if len(v) > 1 else f"{v.mean():.1f}"}  # fmt: skip
+            row = {"arm": arm, "calls": c, "seeds": len(by_seed), "test": mean_std(list(by_seed.values()))}
             for ref in references:
                 common = sorted(set(by_seed) & set(bands.get(ref, {})))
                 s = summarize([by_seed[k] - bands[ref][k] for k in common])
@@ -117,10 +116,7 @@ def budget_table(arms: list[dict], peers: list[dict], references: Sequence[str],
             walls, speeds = zip(*cost.get(arm, [(np.nan, np.nan)]), strict=True)
             row["wall time (s)"] = f"{np.nanmean(walls):.0f}" if np.isfinite(np.nanmean(walls)) else "-"
             row["evaluations/s"] = f"{np.nanmean(speeds):.2f}" if np.isfinite(np.nanmean(speeds)) else "-"
-            whole = 100 * np.array(list(full.get(arm, {}).values())) if c == max(at) else np.array([])
-            row["final, whole test set"] = (
-                "-" if not whole.size else f"{whole.mean():.1f} ({whole.std(ddof=1):.1f})" if whole.size > 1
-                else f"{whole.mean():.1f}"
-            ) + (f" [{whole.size} seeds]" if whole.size and whole.size != len(v) else "")  # fmt: skip
+            whole = list(full.get(arm, {}).values()) if c == max(at) else []
+            row["final, whole test set"] = mean_std(whole) + seeds_mark(len(whole), len(by_seed))
             rows.append(row)
     return pd.DataFrame(rows).set_index(["arm", "calls"]) if rows else pd.DataFrame()
