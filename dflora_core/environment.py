@@ -47,8 +47,29 @@ def git_commit(cwd: str | Path | None = None) -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_tile")  # what changes CPU kernels' float results
+
+
+def cpu_kind() -> dict[str, Any]:
+    """The CPU's model and the instruction sets that pick torch's kernels: exact repeatability holds
+    between machines of one kind (Linux ``/proc/cpuinfo``; elsewhere the platform's processor name)."""
+    model, flags = platform.processor() or None, set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return {"model": model, "features": [f for f in CPU_FEATURES if f in flags]}
+
+
 def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
+    info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "cpu": cpu_kind()}
     try:
         import torch
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from .config import RunConfig
 from .config_checks import check_fields
+from .environment import git_commit, machine_info
 from .errors import ConfigError, DfloraError, DfloraWarning
 from .fileio import atomic_save_npz, atomic_write_json
 from .identity import IDENTITY_VERSION, IGNORED_FIELDS, identity_fields, upgrade_fields
@@ -300,6 +301,17 @@ class RunContext:
     identity: dict[str, Any] | None = None
     elapsed_before: float = 0.0  # wall time of a resumed run's earlier sessions (read from its checkpoint)
     started: float = field(default_factory=time.perf_counter)  # this session's start (perf_counter)
+    # the machines and commits a resumed run ran on before this session (read from its checkpoint): exact
+    # repeatability holds on one CPU kind and one commit, so a run carried between them says so in its record
+    earlier_sessions: list[dict[str, Any]] = field(default_factory=list)
+    _session: dict[str, Any] | None = field(default=None, repr=False)
+
+    def session(self) -> dict[str, Any]:
+        """This session: when it started, on which machine, from which commit, with how much wall time before."""
+        if self._session is None:
+            self._session = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
+                             "git": git_commit().get("commit"), "wall_s_before": self.elapsed_before}  # fmt: skip
+        return self._session
 
     @classmethod
     def for_run(cls, cfg: RunConfig, path: Path | None, resume: bool = False, callbacks=None,
@@ -329,7 +341,8 @@ class RunContext:
         """``state`` with the run's identity and its wall time so far, whatever the method."""
         if self.path is not None:
             save_state(self.path / CHECKPOINT, {"identity": self.identity, "identity_version": IDENTITY_VERSION,
-                                                "state": state, "wall_s": self.wall_s})  # fmt: skip
+                                                "state": state, "wall_s": self.wall_s,
+                                                "sessions": [*self.earlier_sessions, self.session()]})  # fmt: skip
 
     def load_checkpoint(self) -> dict | None:
         """The saved state when resuming (None for a fresh run or when nothing was saved)."""
@@ -357,7 +370,27 @@ class RunContext:
         if isinstance(wall_s, bool) or not isinstance(wall_s, int | float) or not math.isfinite(wall_s) or wall_s < 0:
             raise DfloraError(f"{path}: malformed run checkpoint (wall_s {wall_s!r})")
         self.elapsed_before = float(wall_s)
+        sessions = saved.get("sessions", [])  # absent in checkpoints written before they were stored
+        if not isinstance(sessions, list) or not all(isinstance(s, dict) for s in sessions):
+            raise DfloraError(f"{path}: malformed run checkpoint (sessions {sessions!r})")
+        self.earlier_sessions, self._session = sessions, None
+        self._warn_if_moved(path)
         return saved["state"]
+
+    def _warn_if_moved(self, path: Path) -> None:
+        """A resume on another CPU kind or commit is a valid run, not a bit-identical continuation: say so."""
+        if not self.earlier_sessions:
+            return
+        last, now_ = self.earlier_sessions[-1], self.session()
+        before_cpu = (last.get("machine") or {}).get("cpu")
+        moved = []
+        if before_cpu is not None and before_cpu != now_["machine"].get("cpu"):
+            moved.append(f"CPU {before_cpu} -> {now_['machine'].get('cpu')}")
+        if last.get("git") and now_["git"] and last["git"] != now_["git"]:
+            moved.append(f"commit {last['git'][:10]} -> {now_['git'][:10]}")
+        if moved:
+            warnings.warn(f"{path}: resumed after a change ({'; '.join(moved)}): the run goes on, but it is not "
+                          "a bit-identical continuation; its record lists every session", DfloraWarning, stacklevel=3)
 
     @contextlib.contextmanager
     def restoring(self) -> Iterator[None]:

@@ -131,6 +131,8 @@ def _run_method(cfg: RunConfig, folder: RunFolder | None, resume: bool, loaded, 
     record.status, record.finished = "done", now()
     record.zero_shot, record.test, record.result = zs, test, result
     record.wall_s = ctx.wall_s
+    if ctx.earlier_sessions:  # a resumed run: where its earlier sessions ran (this one is the record's own)
+        result["earlier_sessions"] = ctx.earlier_sessions
     record.prepare_s = exp.prepare_s
     record.peak_mem_bytes, record.peak_mem_kind = int(mem), kind if own_peak else f"{kind}_since_process_start"
     record.device = str(device)
