@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dflora_core.config import from_dict
-from dflora_core.grids.carry import carry
+from dflora_core.grids.carry import carry, commit_advice
 from dflora_core.grids.grid import run_dir
 from dflora_core.runner import run
 
@@ -45,11 +45,16 @@ def test_a_carried_run_resumes_to_the_uninterrupted_result_and_comes_back_finish
     shutil.copy(first / "record.json", unstarted / "record.json")
     rel = str(first.relative_to(clone))
 
-    assert _outcomes(carry(clone, repo)) == {rel: "in flight", str(unstarted.relative_to(clone)): "skipped: no checkpoint yet"}
+    carried = carry(clone, repo)
+    assert _outcomes(carried) == {rel: "in flight", str(unstarted.relative_to(clone)): "skipped: no checkpoint yet"}
+    advice = commit_advice(repo, carried)  # the line the script prints: what to commit, and what it weighs
+    size = (repo / rel / "checkpoint.npz").stat().st_size
+    assert f"1 runs in flight, {size / 1e6:.1f} MB" in advice and advice.endswith(f"git add -f {repo / rel}/checkpoint.npz")
     there = repo / rel
     assert (there / "checkpoint.npz").is_file() and (first / ".lock").exists()
     assert not (there / ".lock").exists() and not (there / "x.tmp").exists()
     assert _outcomes(carry(clone, repo))[rel] == "unchanged"
+    assert commit_advice(repo, carry(clone, repo)) is None  # nothing changed: nothing to add
 
     got = run(cfg, out=there, loaded=loaded, resume=True)  # the next session, in the repository's root
     assert got["test"] == ref["test"] and got["calls"] == ref["calls"] and got["best_dev"] == ref["best_dev"]

@@ -62,8 +62,9 @@ pieces() {  # here: what the GPU machine needs beside the tree, under $PIECES_OU
     fi
     tree=$(cd "$REPO" && git ls-files -z | xargs -0 stat -c %s 2> /dev/null | awk '{s += $1} END {print s + 0}')
     small=$(find "$out/wheels" -name '*.whl' -exec stat -c %s {} + 2> /dev/null | awk '{s += $1} END {print s + 0}')
-    # 64 MiB less the tree, the small wheels and 4 MiB for the tree to grow, in whole MB
-    bytes="${PIECE_BYTES:-$(( (67108864 - tree - small - 4194304) / 1000000 * 1000000 ))}"
+    # 64 MiB less the tree, the small wheels and 6 MiB for the tree to grow (new records and figures; a
+    # committed in-flight checkpoint counts too), in whole MB
+    bytes="${PIECE_BYTES:-$(( (67108864 - tree - small - 6291456) / 1000000 * 1000000 ))}"
     [ "$bytes" -gt 0 ] || die "the tree ($tree bytes) leaves no room for a piece of the model wheel"
     name="$(basename "$wheel")"
     rm -f "$out/pieces/$name".part*

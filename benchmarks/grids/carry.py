@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from dflora_core.errors import DfloraError
-from dflora_core.grids.carry import carry
+from dflora_core.grids.carry import carry, commit_advice
 
 
 def main() -> None:
@@ -27,10 +27,9 @@ def main() -> None:
         print(c.line())
     counts = {o: sum(c.outcome == o for c in carried) for o in ("finished", "in flight", "unchanged")}
     print(", ".join(f"{n} {o}" for o, n in counts.items()), f"of {len(carried)} run folders", file=sys.stderr)
-    flying = [c.path for c in carried if c.outcome == "in flight"]
-    if flying:  # results/**/checkpoint.npz is git-ignored so that a finished run's state is never committed
-        print("commit the runs in flight with their checkpoints: git add -f "
-              + " ".join(f"{args.dst}/{p}/checkpoint.npz" for p in flying), file=sys.stderr)
+    advice = commit_advice(args.dst, carried)
+    if advice:
+        print(advice, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -94,3 +94,19 @@ def carry(src_root: str | Path, dst_root: str | Path) -> list[Carried]:
         rel = folder.relative_to(src_root)
         out.append(carry_run(folder, dst_root / rel, str(rel)))
     return out
+
+
+def commit_advice(dst_root: str | Path, carried: list[Carried]) -> str | None:
+    """The ``git add -f`` line for the runs carried in flight, with the bytes their checkpoints add to the tree
+    (``results/**/checkpoint.npz`` is git-ignored so that a finished run's state is never committed by accident).
+    A committed checkpoint travels with the tree to a GPU machine (64 MiB a call: tests/test_gpu_script.py
+    fails when the tree leaves no room for a piece of the model wheel) and stays in the history, so only
+    runs that outlive a session are worth committing; a short run restarts cheaper."""
+    paths = [Path(dst_root) / c.path / CHECKPOINT for c in carried if c.outcome == "in flight"]
+    if not paths:
+        return None
+    size = sum(p.stat().st_size for p in paths)
+    return (
+        f"{len(paths)} runs in flight, {size / 1e6:.1f} MB of checkpoints: commit those that outlive a session "
+        "(a short run restarts cheaper than its checkpoint travels): git add -f " + " ".join(map(str, paths))
+    )
