@@ -71,6 +71,7 @@ from dflora_core.reports import (
     style,
     tables,
     training_figures,
+    zo_figures,
     zo_tables,
 )
 
@@ -227,7 +228,7 @@ if zo_new:
               "Zeroth-order peers, tuned: test x 100 mean (std) over seeds at 300 and 600 forward passes (one run "
               "gives both), lr from the rule (untuned: MeZO's full-parameter defaults), passes per step, largest "
               "peak memory, mean wall time", shown)  # fmt: skip
-        save(training_figures.calls_figure(shown, prof.name, "test metric against forward passes: zo-new"),
+        save(zo_figures.passes_figure(shown, prof.name, "zo-new: accuracy against forward passes"),
              "calls_zo-new", shown)  # fmt: skip
 
 # %% [markdown]

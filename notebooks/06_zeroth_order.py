@@ -131,6 +131,8 @@ if params.interactive:
 roots = dict(collect.comparison_roots(prof))
 zo = [r for name in ("zo-family", "zo-new") for r in roots.get(name, [])]
 zo = [r for r in zo if (r.get("tags") or {}).get("part") != "tune"]  # the lr rule's seed-21 runs are not reported
+# MeZO and ZO-Adam are in both grids: the tuned runs (lr by the rule, 600 passes) are their own arms
+zo = [{**r, "tags": {**r["tags"], "label": f"{r['tags']['label']} (tuned)"}} if (r.get("tags") or {}).get("part") == "report" else r for r in zo]  # fmt: skip
 lora = [r for r in zo if (r.get("tags") or {}).get("scheme") in ("lora", None) and r["method"] != "zeroshot-calibrated"]
 fig = zo_figures.passes_figure(lora, prof.name)
 written += style.save(fig, figdir, "zo_passes", **fmt)

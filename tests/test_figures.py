@@ -203,7 +203,8 @@ def test_a_figure_footer_gets_the_choice_under_its_own_lines():
 
 def test_the_zeroth_order_passes_figure_draws_dev_and_test_curves_from_the_records():
     """Notebook 06's figure: the dev curve at every evaluation (mean over seeds) and the test curve from the
-    zero-shot at 0 passes to each test_at point; an arm with no test curve falls back to its final test."""
+    zero-shot at 0 passes to each test_at point and the final test at the budget (a run with test_at 300 of 600
+    passes ends with its 600-pass test in ``test`` only); an arm with no test curve falls back to its final test."""
     from dflora_core.reports import zo_figures
 
     def rec(method, seed, dev, test_curve, final):
@@ -213,7 +214,7 @@ def test_the_zeroth_order_passes_figure_draws_dev_and_test_curves_from_the_recor
                 "test_curve": [{"at": a, "value": v} for a, v in test_curve], "config": {}}  # fmt: skip
 
     recs = [rec("fzoo", 13, [(0, 0.5), (300, 0.6), (600, 0.7)], [(300, 0.62), (600, 0.66)], 0.66),
-            rec("fzoo", 42, [(0, 0.5), (300, 0.8), (600, 0.9)], [(300, 0.64), (600, 0.7)], 0.7),
+            rec("fzoo", 42, [(0, 0.5), (300, 0.8), (600, 0.9)], [(300, 0.64)], 0.7),  # 600: its final test
             rec("zo-sgd", 13, [(0, 0.5), (300, 0.55)], [], 0.58)]  # fmt: skip
     fig = zo_figures.passes_figure(recs, "quick")
     dev, test = fig.axes[0], fig.axes[1]
@@ -224,3 +225,6 @@ def test_the_zeroth_order_passes_figure_draws_dev_and_test_curves_from_the_recor
     np.testing.assert_allclose(tests["fzoo"], [[0, 50], [300, 63], [600, 68]], **close)
     np.testing.assert_allclose(tests["zo-sgd"], [[0, 50], [600, 58]], **close)
     assert [t.get_text() for t in test.get_legend().get_texts()] == ["fzoo", "zo-sgd"]
+    many = [rec(f"arm{k:02d}", 13, [(0, 0.5)], [(300, 0.6)], 0.6) for k in range(11)]  # more arms than colours
+    looks = [(line.get_color(), line.get_linestyle()) for line in zo_figures.passes_figure(many, "quick").axes[1].lines]
+    assert len(set(looks)) == 11 and looks[10] == (looks[0][0], "--")

@@ -31,7 +31,7 @@ def test_the_tuning_table_marks_an_arm_whose_runs_are_not_all_in():
 def report(method, seed, at300, at600, part="report", scheme="lora", steps=60, calls=600):
     return {"method": method, "seed": seed, "lr": 1e-4, "calls": calls, "steps": steps, "wall_s": 100.0 * seed,
             "peak_mem_bytes": 2**30 + seed, "tags": {"label": method, "part": part, "scheme": scheme},
-            "test": {"value": at600}, "test_curve": [{"at": 300, "value": at300}, {"at": calls, "value": at600}]}  # fmt: skip
+            "test": {"value": at600}, "test_curve": [{"at": 300, "value": at300}]}  # fmt: skip  # as recorded: 600 is the final test
 
 
 def test_the_report_table_gives_both_points_of_one_run_and_marks_the_untuned_rows():
@@ -55,3 +55,19 @@ def test_the_report_table_gives_both_points_of_one_run_and_marks_the_untuned_row
         "-",
     )
     assert full["passes / step"] == "9" and full["seeds"] == "13"
+
+
+def test_a_runs_test_points_end_with_its_final_test_at_its_budget_and_never_twice():
+    """``curves.test_points``: the test_at points, plus the final test at the budget where the curve stops
+    below it (a zeroth-order run's 600-pass test is in ``test`` only); a target the budget could not reach is
+    already the final test (taken at 5,981 of 6,000), and a run of 9-pass steps ends at 594 of 600."""
+    from dflora_core.reports.curves import test_points
+
+    zo = {"calls": 600.0, "test": {"value": 0.7}, "test_curve": [{"at": 300, "calls": 300.0, "value": 0.6}]}
+    assert test_points(zo) == {300.0: 0.6, 600.0: 0.7}
+    paper = {"calls": 5981, "config": {"search": {"budget": 6000}}, "test": {"value": 0.72},
+             "test_curve": [{"at": 600, "calls": 601, "value": 0.7}, {"at": 6000, "calls": 5981, "value": 0.72}]}  # fmt: skip
+    assert test_points(paper) == {600.0: 0.7, 6000.0: 0.72}
+    nine = {"calls": 594.0, "config": {"search": {"budget": 600}}, "test": {"value": 0.65}, "test_curve": []}
+    assert test_points(nine) == {600.0: 0.65}
+    assert test_points({"calls": 600.0, "test_curve": []}) == {}  # no test recorded: no point

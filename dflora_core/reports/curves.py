@@ -19,6 +19,23 @@ def run_curves(record: RunRecord) -> tuple[list[dict], list[dict]]:
     return (read_json(hist) if hist.is_file() else []), (read_json(dev) if dev.is_file() else [])
 
 
+def test_points(record: RunRecord) -> dict[float, float]:
+    """The dev-selected snapshot's test metric (a fraction) by calls: every ``test_curve`` point at its target
+    (``at``), and the final test at the run's budget where the curve stops below it (a zeroth-order run with
+    ``test_at`` 300 of 600 passes ends with its 600-pass test in ``test`` only; a step of 9 passes stops at 594
+    of 600, so the budget, not the calls spent, places the point beside the other arms)."""
+    points = {
+        float(row["at"]): float(row["value"])
+        for row in record.get("test_curve") or []
+        if row.get("at") is not None and row.get("value") is not None
+    }
+    final = (record.get("test") or {}).get("value")
+    budget = ((record.get("config") or {}).get("search") or {}).get("budget") or record.get("calls")
+    if final is not None and budget is not None and float(budget) > max(points, default=0.0):
+        points[float(budget)] = float(final)
+    return points
+
+
 def layer_gains_by_arm(records: list[RunRecord]) -> dict[str, list[dict]]:
     """``layer_gains`` of every labelled run, pooled per arm (``tags.label``), and per task where
     the runs span several tasks (one task's losses are not another's): "arm (task)"."""

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .. import methods
-from .curves import run_curves
+from .curves import run_curves, test_points
 from .style import describe_records, finite, footer, new_figure, style
 
 
@@ -151,8 +151,10 @@ def calls_figure(records: list, profile: str, title: str = "test accuracy agains
     by_task: dict[str, dict[str, dict[int, list[float]]]] = {}
     for rec in records:
         arm = (rec.get("tags") or {}).get("label") or rec["method"]
-        for row in rec.get("test_curve") or []:
-            by_task.setdefault(rec["task"], {}).setdefault(arm, {}).setdefault(row["at"], []).append(row["value"])
+        if not rec.get("test_curve"):  # a run without search.test_at has no curve, only its final test
+            continue
+        for at, value in test_points(rec).items():
+            by_task.setdefault(rec["task"], {}).setdefault(arm, {}).setdefault(at, []).append(value)
     # the legend sits right of each panel: with eight arms there is no free corner inside it
     fig, axes = new_figure(1, max(len(by_task), 1), width=5.4 * max(len(by_task), 1), height=2.6)
     with style():

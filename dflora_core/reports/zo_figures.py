@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.lines import Line2D
 
-from .curves import run_curves
+from .curves import run_curves, test_points
 from .style import describe_records, footer, new_figure, style
 
 
@@ -64,14 +64,18 @@ def _by_passes(rows, x_key: str) -> dict[float, float]:
     }
 
 
+# ten colours, then the same colours dashed: two arms never share a line's look (notebook 06 shows 16 arms)
+_DASHES = ("-", "--", ":")
+
+
 def passes_figure(records: list[dict], profile: str, title: str = "accuracy against forward passes") -> object:
     """Per arm (``tags.label`` or method), mean over seeds (line) and each seed (dots): left, the dev metric
     at every dev evaluation (``dev_curve``, in the record or its folder); right, the dev-selected snapshot's test metric, from the zero-shot
-    at 0 passes to each ``test_curve`` point (else the final test at the run's passes)."""
+    at 0 passes to each ``test_curve`` point and the final test at the run's budget (``curves.test_points``)."""
     panels: list[dict[str, dict[float, list[float]]]] = [{}, {}]
     for rec in records:
         arm = (rec.get("tags") or {}).get("label") or rec["method"]
-        test = _by_passes(rec.get("test_curve") or [{"at": rec.get("calls"), **(rec.get("test") or {})}], "at")
+        test = {x: 100 * v for x, v in test_points(rec).items()}
         if (rec.get("zero_shot") or {}).get("value") is not None and test:
             test[0.0] = 100 * float(rec["zero_shot"]["value"])
         dev = _by_passes(rec.get("dev_curve") or run_curves(rec)[1], "calls")  # layer-wise runs: dev_curve.json
@@ -85,7 +89,8 @@ def passes_figure(records: list[dict], profile: str, title: str = "accuracy agai
             for arm, by_x in sorted(points.items()):
                 k = arms.index(arm)
                 xs = sorted(by_x)
-                ax.plot(xs, [np.mean(by_x[x]) for x in xs], "-o", ms=2.5, lw=1.0, color=f"C{k % 10}", label=arm)
+                ax.plot(xs, [np.mean(by_x[x]) for x in xs], marker="o", ms=2.5, lw=1.0, color=f"C{k % 10}",
+                        ls=_DASHES[k // 10 % len(_DASHES)], label=arm)  # fmt: skip
                 for x in xs:
                     ax.scatter([x] * len(by_x[x]), by_x[x], s=5, color=f"C{k % 10}", alpha=0.35)
             if not points:
@@ -97,7 +102,10 @@ def passes_figure(records: list[dict], profile: str, title: str = "accuracy agai
         axes[0][1].set_title("test of the dev-selected snapshot (0: zero-shot)", fontsize=8)
         fig.suptitle(title, fontsize=9)
         if arms:  # one legend for both panels: an arm with a dev curve only is named too
-            handles = [Line2D([], [], marker="o", ms=2.5, lw=1.0, color=f"C{k % 10}") for k in range(len(arms))]
+            handles = [
+                Line2D([], [], marker="o", ms=2.5, lw=1.0, color=f"C{k % 10}", ls=_DASHES[k // 10 % len(_DASHES)])
+                for k in range(len(arms))
+            ]
             axes[0][1].legend(
                 handles, arms, fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+from .curves import test_points
 from .tables import mean_std, method_order
 
 
@@ -62,14 +63,7 @@ def tuning_table(records: Iterable[dict], tried: Sequence[float] = RULE_LRS):
 
 
 def _test_at(rec: dict, at: float) -> float | None:
-    for row in rec.get("test_curve") or []:
-        if row.get("at") is not None and float(row["at"]) == at and row.get("value") is not None:
-            return float(row["value"])
-    # the final test where the run's budget is ``at`` (a step of 9 passes stops at 297 of 300)
-    budget = (((rec.get("config") or {}).get("search") or {}).get("budget")) or rec.get("calls")
-    if budget is not None and float(budget) == at:
-        return (rec.get("test") or {}).get("value")
-    return None
+    return test_points(rec).get(at)
 
 
 def report_table(records: Iterable[dict], points: tuple[float, ...] = (300.0, 600.0)):
