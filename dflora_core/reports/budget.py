@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import read_json
+from .curves import test_points
 from .paired import fmt_points, summarize
 from .style import describe_records, footer, new_figure, style
 from .tables import mean_std, seeds_mark
@@ -28,12 +29,11 @@ def arm_of(rec: dict) -> str:
 
 
 def curve_points(records: Iterable[dict]) -> dict[str, dict[int, dict[int, float]]]:
-    """arm -> calls -> seed -> test metric of the dev-selected snapshot at those calls."""
+    """arm -> calls -> seed -> test metric of the dev-selected snapshot at those calls (``curves.test_points``)."""
     out: dict[str, dict[int, dict[int, float]]] = {}
     for rec in records:
-        for row in rec.get("test_curve") or []:
-            if row.get("value") is not None:
-                out.setdefault(arm_of(rec), {}).setdefault(int(row["at"]), {})[rec["seed"]] = float(row["value"])
+        for at, value in test_points(rec).items():
+            out.setdefault(arm_of(rec), {}).setdefault(int(at), {})[rec["seed"]] = value
     return out
 
 

@@ -64,8 +64,10 @@ def _by_passes(rows, x_key: str) -> dict[float, float]:
     }
 
 
-# ten colours, then the same colours dashed: two arms never share a line's look (notebook 06 shows 16 arms)
-_DASHES = ("-", "--", ":")
+def _look(k: int) -> dict:
+    """Arm k's colour and line style: ten colours, then the same colours dashed, then dotted (notebook 06
+    shows 16 arms: two never share a look)."""
+    return {"color": f"C{k % 10}", "ls": ("-", "--", ":")[k // 10 % 3]}
 
 
 def passes_figure(records: list[dict], profile: str, title: str = "accuracy against forward passes") -> object:
@@ -89,10 +91,9 @@ def passes_figure(records: list[dict], profile: str, title: str = "accuracy agai
             for arm, by_x in sorted(points.items()):
                 k = arms.index(arm)
                 xs = sorted(by_x)
-                ax.plot(xs, [np.mean(by_x[x]) for x in xs], marker="o", ms=2.5, lw=1.0, color=f"C{k % 10}",
-                        ls=_DASHES[k // 10 % len(_DASHES)], label=arm)  # fmt: skip
+                ax.plot(xs, [np.mean(by_x[x]) for x in xs], marker="o", ms=2.5, lw=1.0, label=arm, **_look(k))
                 for x in xs:
-                    ax.scatter([x] * len(by_x[x]), by_x[x], s=5, color=f"C{k % 10}", alpha=0.35)
+                    ax.scatter([x] * len(by_x[x]), by_x[x], s=5, color=_look(k)["color"], alpha=0.35)
             if not points:
                 ax.text(0.5, 0.5, "no committed records in this profile", ha="center", va="center",
                         transform=ax.transAxes)  # fmt: skip
@@ -102,10 +103,7 @@ def passes_figure(records: list[dict], profile: str, title: str = "accuracy agai
         axes[0][1].set_title("test of the dev-selected snapshot (0: zero-shot)", fontsize=8)
         fig.suptitle(title, fontsize=9)
         if arms:  # one legend for both panels: an arm with a dev curve only is named too
-            handles = [
-                Line2D([], [], marker="o", ms=2.5, lw=1.0, color=f"C{k % 10}", ls=_DASHES[k // 10 % len(_DASHES)])
-                for k in range(len(arms))
-            ]
+            handles = [Line2D([], [], marker="o", ms=2.5, lw=1.0, **_look(k)) for k in range(len(arms))]
             axes[0][1].legend(
                 handles, arms, fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0
             )

@@ -62,10 +62,6 @@ def tuning_table(records: Iterable[dict], tried: Sequence[float] = RULE_LRS):
     return pd.DataFrame(rows).set_index("arm") if rows else pd.DataFrame()
 
 
-def _test_at(rec: dict, at: float) -> float | None:
-    return test_points(rec).get(at)
-
-
 def report_table(records: Iterable[dict], points: tuple[float, ...] = (300.0, 600.0)):
     """Per arm and scheme: test x 100 mean (std) over seeds at each of ``points`` forward passes (one run gives
     both), the learning rate, passes per step, the largest peak memory and the mean wall time; the reported runs
@@ -81,7 +77,7 @@ def report_table(records: Iterable[dict], points: tuple[float, ...] = (300.0, 60
             row = {"arm": arm, "scheme": scheme, "lr": ", ".join(f"{x:g}" for x in sorted({_lr(r) for r in recs})),
                    "tuned": "rule" if part == "report" else "no (untuned)"}  # fmt: skip
             for at in points:
-                values = [v for r in recs if (v := _test_at(r, at)) is not None]
+                values = [v for r in recs if (v := test_points(r).get(at)) is not None]
                 row[f"test @{at:g}"] = mean_std(values) if values else "-"
             steps = [float(r["calls"]) / r["steps"] for r in recs if r.get("steps") and r.get("calls")]
             row["passes / step"] = f"{steps[0]:g}" if steps and len(set(steps)) == 1 else "-"
