@@ -205,9 +205,10 @@ def test_zo_sgd_step_restores_then_moves_along_the_seeded_direction(exp_of):
     exp = exp_of("tiny-llama")
     before = state_digest(exp.loaded.model)
     with peft_lora(exp, 2, 4.0, ("q", "v"), 0) as (params, _info):
+        gen = torch.Generator().manual_seed(0)  # the point, not the global RNG state the tests before left
         with torch.no_grad():
             for p in params.values():
-                p.normal_(0, 0.05)
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
         orig = {k: v.detach().clone() for k, v in params.items()}
         frozen = ZerothOrderStep(exp, params, lr=0.0, eps=1e-2, update="sgd", seed=3, full=False)
         frozen.step(exp.train, 0)
@@ -237,9 +238,13 @@ def test_forward_gradient_equals_autograd_directional_derivative(exp_of, model, 
     else:
         pytest.importorskip("peft")
         params, _ = ctx.__enter__()
+        # B != 0: a non-trivial point, seeded: drawn from the global RNG it depended on which tests ran
+        # before in the process, and a draw where the directional derivative is near zero lost it in
+        # rounding (|d| / bound 22-800 over eight seeds on tiny-roberta, 285 on this one)
+        gen = torch.Generator().manual_seed(0)
         with torch.no_grad():
             for p in params.values():
-                p.normal_(0, 0.1)  # B != 0: a non-trivial point
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
     try:
         tangents = [z for _p, z in directions(params, 99)]
         loss, d = directional_derivative(exp, params, tangents, exp.train, loss_fn, full=full)
