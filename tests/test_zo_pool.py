@@ -64,6 +64,34 @@ def test_the_loss_goes_down_on_the_ill_conditioned_quadratic(method):
     assert all(len(s) == passes for s in t["samples"])  # every perturbed model scored: one pass each
 
 
+def test_a_combination_draws_only_its_live_streams():
+    """Scoring pool member i shifts by eps z_i alone: the other M - 1 streams are not drawn (M^2 -> M draws
+    of the whole model per step on the in-place schemes), and the sum is the one over every stream."""
+    from dflora_core.baselines.zeroth_order import directions
+    from dflora_core.baselines.zo_pool import combined
+
+    params = {"a": torch.zeros(4, 3), "b": torch.zeros(5)}
+    drawn = []
+
+    def draw(ps, seed, masks=None):
+        drawn.append(seed)
+        yield from directions(ps, seed, masks)
+
+    got = {
+        name: d
+        for name, (_p, d) in zip(params, combined(params, draw, [1, 2, 3, 4], [0.0, 0.5, 0.0, -2.0]), strict=True)
+    }
+    assert drawn == [2, 4]
+    z = {s: dict(zip(params, (d for _p, d in directions(params, s)), strict=True)) for s in (2, 4)}
+    for name in params:  # the same additions in the same order: equal to the last bit
+        assert torch.equal(
+            got[name], torch.zeros_like(params[name]).add_(z[2][name], alpha=0.5).add_(z[4][name], alpha=-2.0)
+        )
+    drawn.clear()
+    assert all(torch.equal(d, torch.zeros_like(p)) for p, d in combined(params, draw, [1, 2], [0.0, 0.0]))
+    assert drawn == []
+
+
 # -- on a tiny model ----------------------------------------------------------------------------------------
 def tiny_cfg(method: str, scheme: str = "lora", **changes) -> RunConfig:
     base = {"method": method, "model.name": "tiny-llama", "model.device": "cpu", "data.max_test": 16,

@@ -55,14 +55,22 @@ def rademacher(params: dict[str, torch.Tensor], seed: int, masks=None):
 
 
 def combined(params: dict[str, torch.Tensor], draw, seeds: list[int], coefs: list[float], masks=None):
-    """Yield (tensor, sum_i coefs[i] * draw(seeds[i])) per tensor, one tensor's directions at a time."""
-    streams = [draw(params, s, masks) for s in seeds]
+    """Yield (tensor, sum_i coefs[i] * draw(seeds[i])) per tensor, one tensor's directions at a time.
+
+    Only the streams with a non-zero coefficient are drawn: each seed owns its generator, so a skipped
+    stream changes no other. Scoring a pool member is a one-hot combination, and drawing all M streams
+    for it made the in-place (``all``) scheme's step cost M^2 draws of the whole model instead of M."""
+    live = [(s, c) for s, c in zip(seeds, coefs, strict=True) if c]
+    if not live:
+        for p in params.values():
+            yield p, torch.zeros_like(p)
+        return
+    streams = [draw(params, s, masks) for s, _c in live]
     for parts in zip(*streams, strict=True):
         p = parts[0][0]
         out = torch.zeros_like(p)
-        for (_q, z), c in zip(parts, coefs, strict=True):
-            if c:
-                out.add_(z, alpha=c)
+        for (_q, z), (_s, c) in zip(parts, live, strict=True):
+            out.add_(z, alpha=c)
         yield p, out
 
 
